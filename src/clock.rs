@@ -1,0 +1,61 @@
+//! The broker's notion of time: a monotonic clock for cache lifetimes and a wall clock for
+//! `expires_at`. Injected so tests can move time forward without sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Monotonic time, for everything that measures lifetimes.
+    fn now(&self) -> Instant;
+    /// Wall-clock seconds since the Unix epoch, only for telling the browser when a token expires.
+    fn unix_now(&self) -> u64;
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn unix_now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// Real time plus an offset that tests advance.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    offset_millis: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_millis.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn offset(&self) -> Duration {
+        Duration::from_millis(self.offset_millis.load(Ordering::SeqCst))
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        Instant::now() + self.offset()
+    }
+
+    fn unix_now(&self) -> u64 {
+        SystemClock.unix_now() + self.offset().as_secs()
+    }
+}

@@ -1,0 +1,154 @@
+//! Every error a route can return, turned into a status and a JSON body in this one place.
+//! Bodies carry our own fixed descriptions: never the upstream's text, a secret or a token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::identity::AuthError;
+use crate::policy::Denied;
+use crate::upstream::UpstreamError;
+
+/// How long a browser should wait when the upstream gave no `Retry-After` of its own.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body over the limit")]
+    BodyTooLarge,
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    #[error("{0}")]
+    AccessDenied(Denied),
+    #[error("unknown upstream")]
+    UnknownUpstream,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Upstream(Arc<UpstreamError>),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl ApiError {
+    /// The `error` code and `error_description` of the JSON body.
+    fn code_and_description(&self) -> (&'static str, String) {
+        match self {
+            Self::InvalidRequest(why) => ("invalid_request", why.clone()),
+            Self::BodyTooLarge => ("invalid_request", "the request body is over the limit".into()),
+            Self::Unauthenticated(AuthError::Missing) => (
+                "unauthenticated",
+                "no credential: send X-API-Key or Authorization: Bearer".into(),
+            ),
+            Self::Unauthenticated(AuthError::Invalid) => ("unauthenticated", "the credential was not accepted".into()),
+            Self::AccessDenied(denied) => ("access_denied", denied.to_string()),
+            Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
+            Self::MethodNotAllowed => ("method_not_allowed", "use GET or POST".into()),
+            Self::Upstream(error) => match error.as_ref() {
+                UpstreamError::Timeout => ("upstream_timeout", "the token endpoint did not answer in time".into()),
+                UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. } => (
+                    "upstream_unavailable",
+                    "the token endpoint is unavailable; try again later".into(),
+                ),
+                UpstreamError::RateLimited { .. } => (
+                    "upstream_unavailable",
+                    "the token endpoint is rate-limiting; try again later".into(),
+                ),
+                UpstreamError::Refused { .. } => ("upstream_error", "the token endpoint refused the request".into()),
+                UpstreamError::InvalidResponse(_) => (
+                    "upstream_error",
+                    "the token endpoint answered something unusable".into(),
+                ),
+            },
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Upstream(error) => match error.as_ref() {
+                UpstreamError::Unreachable(_) => Some(DEFAULT_RETRY_AFTER),
+                UpstreamError::ServerError { retry_after, .. } | UpstreamError::RateLimited { retry_after } => {
+                    Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied(_) => StatusCode::FORBIDDEN,
+            Self::UnknownUpstream => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Upstream(error) => match error.as_ref() {
+                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::Unreachable(_)
+                | UpstreamError::ServerError { .. }
+                | UpstreamError::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                UpstreamError::Refused { .. } | UpstreamError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (error, description) = self.code_and_description();
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            // RFC 6750 §3: a challenge on every 401; `invalid_token` once a credential was refused.
+            Self::Unauthenticated(AuthError::Missing) => {
+                response.insert_header((header::WWW_AUTHENTICATE, r#"Bearer realm="token-broker""#));
+            }
+            Self::Unauthenticated(AuthError::Invalid) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="token-broker", error="invalid_token""#,
+                ));
+            }
+            Self::MethodNotAllowed => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static("GET, POST")));
+            }
+            _ => {}
+        }
+        if let Some(after) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+        }
+        response.json(ErrorBody {
+            error,
+            error_description: &description,
+        })
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        Self::Unauthenticated(error)
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        Self::AccessDenied(denied)
+    }
+}
+
+impl From<Arc<UpstreamError>> for ApiError {
+    fn from(error: Arc<UpstreamError>) -> Self {
+        Self::Upstream(error)
+    }
+}

@@ -1,0 +1,161 @@
+//! The command line: parse, load settings, run. The work happens in the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use token_broker::settings::{process_env, Settings};
+use token_broker::startup::Application;
+use token_broker::telemetry::{self, LogFormat};
+use token_broker::{demo, identity};
+
+#[derive(Parser)]
+#[command(
+    name = "token-broker",
+    version,
+    about = "Hands browser apps OAuth2 client-credentials tokens without the client secret"
+)]
+struct Cli {
+    /// Configuration file (TOML); environment overrides are TOKEN_BROKER__<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "TOKEN_BROKER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve,
+    /// Validate the configuration: one line per problem, naming the key.
+    Check,
+    /// Read an API key on stdin and print the `sha256:<hex>` form for the configuration.
+    HashKey,
+    /// Run the broker with a stand-in token endpoint and a demo API key, on loopback.
+    Demo {
+        /// Public listener; a free port is chosen when this one is taken.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener; a free port is chosen when this one is taken.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::Check => check(cli.config),
+        Command::HashKey => hash_key(),
+        Command::Demo { listen, admin_listen } => run_demo(listen, admin_listen),
+    }
+}
+
+fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
+    if config.is_none() {
+        eprintln!("--config: no configuration file given (pass --config FILE or set TOKEN_BROKER_CONFIG)");
+        return Err(ExitCode::from(2));
+    }
+    Settings::load(config.as_deref(), &process_env()).map_err(|problems| {
+        for problem in &problems.0 {
+            eprintln!("{problem}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let settings = match load(config) {
+        Ok(settings) => settings,
+        Err(code) => {
+            eprintln!("token-broker: invalid configuration, not starting");
+            return code;
+        }
+    };
+    telemetry::init(LogFormat::Json);
+    run(async move {
+        let app = Application::build(settings)?;
+        tracing::info!(listen = %app.address(), admin_listen = %app.admin_address(), "token-broker listening");
+        app.run_until_stopped().await
+    })
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    match load(config) {
+        Ok(settings) => {
+            println!(
+                "configuration valid: {} upstream(s), {} authenticator(s), {} grant(s)",
+                settings.upstreams.len(),
+                settings.authenticators.len(),
+                settings.grants.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn hash_key() -> ExitCode {
+    let mut input = String::new();
+    if std::io::stdin().read_to_string(&mut input).is_err() {
+        eprintln!("hash-key: the key on stdin is not UTF-8 text");
+        return ExitCode::FAILURE;
+    }
+    let key = input.trim_end_matches(['\r', '\n']);
+    if key.is_empty() {
+        eprintln!("hash-key: no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", identity::hash_key(key));
+    ExitCode::SUCCESS
+}
+
+fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    telemetry::init(LogFormat::Text);
+    run(async move {
+        let client_secret = demo::random_secret();
+        let stand_in = demo::start_stand_in(client_secret.clone())?;
+        let settings = demo::settings(
+            &stand_in.url,
+            &client_secret,
+            demo::free_address(listen),
+            demo::free_address(admin_listen),
+        );
+        let app = Application::build(settings)?;
+        let url = format!("http://{}", app.address());
+        println!("token-broker demo");
+        println!("  broker:                  {url}");
+        println!("  admin:                   http://{}/healthz", app.admin_address());
+        println!(
+            "  stand-in token endpoint: {} (60-second tokens, served for 45 s)",
+            stand_in.url
+        );
+        println!("try:");
+        println!("  curl -s -H 'X-API-Key: {}' {url}/v1/token/demo", demo::DEMO_API_KEY);
+        println!(
+            "  curl -s -H 'X-API-Key: {}' '{url}/v1/token/demo?scope=read'",
+            demo::DEMO_API_KEY
+        );
+        tokio::select! {
+            result = app.run_until_stopped() => result,
+            result = stand_in.server => result,
+        }
+    })
+}
+
+fn run(future: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("token-broker: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `GET|POST /v1/token/{upstream}`: who is calling → what they may get → the cached token.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::http::errors::ApiError;
+use crate::http::headers::no_store;
+use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
+use crate::startup::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1/token").wrap(no_store()).service(
+            web::resource("/{upstream}")
+                .route(web::get().to(get_token))
+                .route(web::post().to(post_token))
+                .default_service(web::to(method_not_allowed)),
+        ),
+    );
+}
+
+/// The `scope` parameter, from the query or a form/JSON body; other fields are ignored.
+#[derive(Deserialize, Default)]
+struct ScopeParam {
+    scope: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    expires_at: u64,
+    scope: &'a str,
+}
+
+async fn get_token(
+    req: HttpRequest,
+    upstream: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let param: ScopeParam = serde_urlencoded::from_str(req.query_string())
+        .map_err(|_| ApiError::InvalidRequest("the query string could not be read".into()))?;
+    serve(&req, &upstream, Requested::Param(param), &state).await
+}
+
+async fn post_token(
+    req: HttpRequest,
+    upstream: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    serve(&req, &upstream, Requested::Body(payload), &state).await
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Where the requested scope comes from; a body is read only once the caller is authenticated.
+enum Requested {
+    Param(ScopeParam),
+    Body(web::Payload),
+}
+
+async fn serve(
+    req: &HttpRequest,
+    upstream_name: &str,
+    requested: Requested,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let identity = state.identity.authenticate(req.headers()).await?;
+    let upstream = state
+        .settings
+        .upstreams
+        .get(upstream_name)
+        .ok_or(ApiError::UnknownUpstream)?;
+    let param = match requested {
+        Requested::Param(param) => param,
+        Requested::Body(payload) => parse_body(
+            req,
+            read_body(req, payload, state.settings.server.max_body_bytes).await?,
+        )?,
+    };
+    let requested_scopes = requested_scopes(param)?;
+    let entitlement = state.policy.entitle(&identity, &upstream.name, requested_scopes)?;
+
+    let served = state
+        .tokens
+        .get(upstream, &entitlement.scopes)
+        .await
+        .inspect_err(|error| {
+            tracing::warn!(
+                upstream = %upstream.name,
+                error = %error,
+                oauth_error = error.oauth_error(),
+                "token exchange failed"
+            );
+        })?;
+    let token = served.token.access_token.expose_secret();
+    tracing::info!(
+        subject = %identity.subject,
+        upstream = %upstream.name,
+        scopes = %join_scopes(&entitlement.scopes),
+        cache_hit = served.cache_hit,
+        token_fingerprint = %fingerprint(token),
+        "token served"
+    );
+    Ok(HttpResponse::Ok().json(TokenBody {
+        access_token: token,
+        token_type: "Bearer",
+        expires_in: served.expires_in.as_secs(),
+        expires_at: served.expires_at,
+        scope: &served.token.scope,
+    }))
+}
+
+fn requested_scopes(param: ScopeParam) -> Result<Option<ScopeSet>, ApiError> {
+    match param.scope {
+        None => Ok(None),
+        Some(text) => parse_scope_param(&text).map_err(|e| ApiError::InvalidRequest(format!("malformed scope: {e}"))),
+    }
+}
+
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_body(req: &HttpRequest, body: web::BytesMut) -> Result<ScopeParam, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ScopeParam::default());
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => {
+            serde_json::from_slice(&body).map_err(|_| ApiError::InvalidRequest("the JSON body is malformed".into()))
+        }
+        "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(&body)
+            .map_err(|_| ApiError::InvalidRequest("the form body is malformed".into())),
+        _ => Err(ApiError::InvalidRequest(
+            "send the body as application/x-www-form-urlencoded or application/json".into(),
+        )),
+    }
+}
+
+/// A short, non-reversible name for a token in logs: the first 12 hex digits of its SHA-256.
+pub fn fingerprint(token: &str) -> String {
+    hex::encode(&Sha256::digest(token.as_bytes())[..6])
+}

@@ -1,0 +1,881 @@
+//! Configuration: a TOML file, then `TOKEN_BROKER__<SECTION>__<KEY>` environment overrides.
+//!
+//! Loading happens in two steps. The file and the environment are deserialized into the `file`
+//! structs, which hold what the operator wrote; `validate` then turns them into [`Settings`],
+//! collecting every problem at once as a [`Problem`] that names its key and never a secret's value.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::policy::{Scope, ScopeSet};
+use crate::timespan::TimeSpan;
+
+/// The environment the settings are read against: overrides and `{ env = … }` secrets.
+/// Passed in rather than read globally so tests never touch the process environment.
+pub type Env = HashMap<String, String>;
+
+/// The process environment, for `main`.
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+/// The validated configuration the broker runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub cache: CacheSettings,
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    pub authenticators: Vec<AuthenticatorSettings>,
+    pub grants: Vec<GrantSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// 0 means one worker per core.
+    pub workers: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cors_allowed_origins: Vec<String>,
+    pub csrf_header: HeaderName,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub max_entries: u64,
+    pub refresh_skew: Duration,
+    pub default_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// RFC 6749 §2.3.1: credentials in the request body.
+    ClientSecretPost,
+    /// RFC 6749 §2.3.1: HTTP Basic with the form-urlencoded id and secret.
+    ClientSecretBasic,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth_method: ClientAuthMethod,
+    pub scopes: ScopeSet,
+    pub audience: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthenticatorSettings {
+    ApiKey { keys: Vec<ApiKeySettings> },
+}
+
+#[derive(Clone)]
+pub struct ApiKeySettings {
+    pub id: String,
+    /// SHA-256 of the key.
+    pub hash: [u8; 32],
+    pub subject: String,
+}
+
+impl fmt::Debug for ApiKeySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeySettings")
+            .field("id", &self.id)
+            .field("hash", &"[redacted]")
+            .field("subject", &self.subject)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GrantSettings {
+    pub subjects: Vec<String>,
+    pub emails: Vec<String>,
+    pub email_domains: Vec<String>,
+    pub groups: Vec<String>,
+    pub upstreams: BTreeMap<String, ScopeSet>,
+}
+
+/// One thing wrong with the configuration: the key and what is wrong, never a secret's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything wrong with a configuration, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+impl Problems {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![Problem {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+const ENV_PREFIX: &str = "TOKEN_BROKER";
+
+impl Settings {
+    /// Reads `path` (when given) and the `TOKEN_BROKER__…` overrides in `env`, then validates.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Self, Problems> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(Problems::one(
+                    "--config",
+                    format!("cannot read configuration file {}", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let built = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
+        let raw: file::Settings = built
+            .try_deserialize()
+            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
+        raw.validate(env)
+    }
+
+    /// Parses TOML text directly (no environment overrides besides secrets), for tests and `demo`.
+    pub fn from_toml(text: &str, env: &Env) -> Result<Self, Problems> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
+        let raw: file::Settings = built
+            .try_deserialize()
+            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
+        raw.validate(env)
+    }
+}
+
+fn config_error_key(error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::Type { key: Some(key), .. } => key.clone(),
+        config::ConfigError::At { key: Some(key), .. } => key.clone(),
+        config::ConfigError::At {
+            origin: Some(origin), ..
+        } => origin.clone(),
+        _ => "configuration".to_string(),
+    }
+}
+
+fn config_error_message(error: config::ConfigError) -> String {
+    match error {
+        // The unexpected value is left out: it may be a misplaced secret.
+        config::ConfigError::Type { expected, .. } => format!("wrong type: expected {expected}"),
+        config::ConfigError::At { error, .. } => error.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether `url` may be used without TLS: only loopback hosts.
+pub fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// The form the operator writes: strings and numbers as they came from TOML and the environment.
+mod file {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Settings {
+        #[serde(default)]
+        pub server: Server,
+        #[serde(default)]
+        pub cache: Cache,
+        #[serde(default)]
+        pub upstreams: BTreeMap<String, Upstream>,
+        #[serde(default)]
+        pub authenticators: Vec<Authenticator>,
+        #[serde(default)]
+        pub grants: Vec<Grant>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub listen: Option<String>,
+        pub admin_listen: Option<String>,
+        pub workers: Option<usize>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub trusted_proxies: Vec<String>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub cors_allowed_origins: Vec<String>,
+        pub csrf_header: Option<String>,
+        pub max_body_bytes: Option<usize>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cache {
+        pub max_entries: Option<u64>,
+        pub refresh_skew: Option<DurationText>,
+        pub default_ttl: Option<DurationText>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub token_url: String,
+        pub client_id: String,
+        pub client_secret: Secret,
+        pub auth_method: Option<String>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub scopes: Vec<String>,
+        pub audience: Option<String>,
+        #[serde(default)]
+        pub params: BTreeMap<String, String>,
+        pub timeout: Option<DurationText>,
+    }
+
+    /// A secret: a literal, `{ env = "NAME" }` or `{ file = "/path" }`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Secret {
+        Literal(SecretString),
+        Env { env: String },
+        File { file: PathBuf },
+    }
+
+    impl fmt::Debug for Secret {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Secret::Literal(_) => f.write_str("Literal([redacted])"),
+                Secret::Env { env } => write!(f, "Env({env})"),
+                Secret::File { file } => write!(f, "File({})", file.display()),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    pub enum Authenticator {
+        ApiKey {
+            #[serde(default)]
+            keys: Vec<ApiKey>,
+        },
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApiKey {
+        pub id: String,
+        pub hash: String,
+        pub subject: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Grant {
+        #[serde(default)]
+        pub subjects: Vec<String>,
+        #[serde(default)]
+        pub emails: Vec<String>,
+        #[serde(default)]
+        pub email_domains: Vec<String>,
+        #[serde(default)]
+        pub groups: Vec<String>,
+        #[serde(default)]
+        pub upstreams: BTreeMap<String, Vec<String>>,
+    }
+
+    /// A duration as written: a time span string or a number of seconds.
+    #[derive(Debug, Deserialize, Clone)]
+    #[serde(untagged)]
+    pub enum DurationText {
+        Seconds(u64),
+        Text(String),
+    }
+
+    fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        // A comma-separated string is how a list arrives from an environment variable.
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            OneOrMany::Many(v) => v,
+        })
+    }
+}
+
+/// Collects problems while validating.
+#[derive(Default)]
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&file::DurationText>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        let span = match value {
+            file::DurationText::Seconds(n) => Ok(TimeSpan::from_seconds(*n as i64)),
+            file::DurationText::Text(text) => match text.trim().parse::<u64>() {
+                Ok(n) => Ok(TimeSpan::from_seconds(n as i64)),
+                Err(_) => TimeSpan::parse(text),
+            },
+        };
+        match span {
+            Ok(span) => span.as_positive_duration().unwrap_or_else(|| {
+                self.problem(key, "must be a positive duration");
+                default
+            }),
+            Err(e) => {
+                self.problem(key, e.to_string());
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.problem(key, format!("`{text}` is not an address:port such as 127.0.0.1:8080"));
+            default.parse().expect("default address parses")
+        })
+    }
+
+    fn scopes(&mut self, key: &str, values: &[String]) -> ScopeSet {
+        let mut set = ScopeSet::default();
+        for (i, value) in values.iter().enumerate() {
+            match Scope::parse(value) {
+                Ok(scope) => {
+                    set.insert(scope);
+                }
+                Err(e) => self.problem(format!("{key}[{i}]"), e.to_string()),
+            }
+        }
+        set
+    }
+
+    fn secret(&mut self, key: &str, secret: &file::Secret, env: &Env) -> SecretString {
+        let resolved = match secret {
+            file::Secret::Literal(value) => Ok(value.expose_secret().to_string()),
+            file::Secret::Env { env: name } => env
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("environment variable {name} is not set")),
+            file::Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("cannot read secret file {}: {}", file.display(), e.kind())),
+        };
+        match resolved {
+            Ok(value) if value.is_empty() => {
+                self.problem(key, "the secret is empty");
+                SecretString::from(String::new())
+            }
+            Ok(value) => SecretString::from(value),
+            Err(message) => {
+                self.problem(key, message);
+                SecretString::from(String::new())
+            }
+        }
+    }
+}
+
+const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope", "audience"];
+
+impl file::Settings {
+    fn validate(self, env: &Env) -> Result<Settings, Problems> {
+        let mut check = Check::default();
+
+        let server = {
+            let s = &self.server;
+            let mut trusted_proxies = Vec::new();
+            for (i, text) in s.trusted_proxies.iter().enumerate() {
+                let parsed = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => trusted_proxies.push(net),
+                    Err(_) => check.problem(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("`{text}` is not a CIDR or IP address"),
+                    ),
+                }
+            }
+            let mut cors_allowed_origins = Vec::new();
+            for (i, origin) in s.cors_allowed_origins.iter().enumerate() {
+                match validate_origin(origin) {
+                    Ok(origin) => cors_allowed_origins.push(origin),
+                    Err(message) => check.problem(format!("server.cors_allowed_origins[{i}]"), message),
+                }
+            }
+            let csrf_text = s.csrf_header.as_deref().unwrap_or("x-requested-with");
+            let csrf_header = HeaderName::try_from(csrf_text).unwrap_or_else(|_| {
+                check.problem(
+                    "server.csrf_header",
+                    format!("`{csrf_text}` is not a valid header name"),
+                );
+                HeaderName::from_static("x-requested-with")
+            });
+            let max_body_bytes = s.max_body_bytes.unwrap_or(16 * 1024);
+            if max_body_bytes == 0 {
+                check.problem("server.max_body_bytes", "must be greater than 0");
+            }
+            ServerSettings {
+                listen: check.socket_addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
+                admin_listen: check.socket_addr("server.admin_listen", s.admin_listen.as_deref(), "127.0.0.1:9090"),
+                workers: s.workers.unwrap_or(0),
+                trusted_proxies,
+                cors_allowed_origins,
+                csrf_header,
+                max_body_bytes,
+            }
+        };
+
+        let cache = CacheSettings {
+            max_entries: self.cache.max_entries.unwrap_or(10_000),
+            refresh_skew: check.duration(
+                "cache.refresh_skew",
+                self.cache.refresh_skew.as_ref(),
+                Duration::from_secs(60),
+            ),
+            default_ttl: check.duration(
+                "cache.default_ttl",
+                self.cache.default_ttl.as_ref(),
+                Duration::from_secs(300),
+            ),
+        };
+        if cache.max_entries == 0 {
+            check.problem("cache.max_entries", "must be greater than 0");
+        }
+
+        if self.upstreams.is_empty() {
+            check.problem("upstreams", "at least one upstream is required");
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, raw) in &self.upstreams {
+            let key = |field: &str| format!("upstreams.{name}.{field}");
+            if !is_valid_upstream_name(name) {
+                check.problem(
+                    format!("upstreams.{name}"),
+                    "upstream names use only letters, digits, '-' and '_'",
+                );
+            }
+            let token_url = match Url::parse(&raw.token_url) {
+                Ok(url) if url.scheme() == "https" => Some(url),
+                Ok(url) if url.scheme() == "http" && is_loopback_url(&url) => Some(url),
+                Ok(_) => {
+                    check.problem(
+                        key("token_url"),
+                        "must be an https:// URL (http:// only on loopback addresses)",
+                    );
+                    None
+                }
+                Err(e) => {
+                    check.problem(key("token_url"), format!("not a URL: {e}"));
+                    None
+                }
+            };
+            if let Some(url) = &token_url {
+                if !url.username().is_empty() || url.password().is_some() {
+                    check.problem(
+                        key("token_url"),
+                        "must not carry credentials; use client_id and client_secret",
+                    );
+                }
+            }
+            if raw.client_id.trim().is_empty() {
+                check.problem(key("client_id"), "must not be empty");
+            }
+            let client_secret = check.secret(&key("client_secret"), &raw.client_secret, env);
+            let auth_method = match raw.auth_method.as_deref().unwrap_or("client_secret_post") {
+                "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+                "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+                other => {
+                    check.problem(
+                        key("auth_method"),
+                        format!("`{other}` is not client_secret_post or client_secret_basic"),
+                    );
+                    ClientAuthMethod::ClientSecretPost
+                }
+            };
+            let scopes = check.scopes(&key("scopes"), &raw.scopes);
+            for param in raw.params.keys() {
+                if RESERVED_PARAMS.contains(&param.as_str()) {
+                    check.problem(
+                        key(&format!("params.{param}")),
+                        "is set by the broker itself and cannot be overridden",
+                    );
+                }
+            }
+            let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(5));
+            if let Some(token_url) = token_url {
+                upstreams.insert(
+                    name.clone(),
+                    UpstreamSettings {
+                        name: name.clone(),
+                        token_url,
+                        client_id: raw.client_id.clone(),
+                        client_secret,
+                        auth_method,
+                        scopes,
+                        audience: raw.audience.clone(),
+                        params: raw.params.clone(),
+                        timeout,
+                    },
+                );
+            }
+        }
+
+        if self.authenticators.is_empty() {
+            check.problem(
+                "authenticators",
+                "at least one authenticator is required: nobody could be served",
+            );
+        }
+        let mut authenticators = Vec::new();
+        let mut key_ids = BTreeSet::new();
+        for (i, raw) in self.authenticators.iter().enumerate() {
+            match raw {
+                file::Authenticator::ApiKey { keys } => {
+                    if keys.is_empty() {
+                        check.problem(
+                            format!("authenticators[{i}].keys"),
+                            "an api_key authenticator needs at least one key",
+                        );
+                    }
+                    let mut parsed = Vec::new();
+                    for (j, k) in keys.iter().enumerate() {
+                        let key = |field: &str| format!("authenticators[{i}].keys[{j}].{field}");
+                        if !key_ids.insert(k.id.clone()) {
+                            check.problem(key("id"), format!("duplicate key id `{}`", k.id));
+                        }
+                        if k.subject.trim().is_empty() {
+                            check.problem(key("subject"), "must not be empty");
+                        }
+                        match parse_sha256(&k.hash) {
+                            Some(hash) => parsed.push(ApiKeySettings {
+                                id: k.id.clone(),
+                                hash,
+                                subject: k.subject.clone(),
+                            }),
+                            None => check.problem(
+                                key("hash"),
+                                "must be `sha256:` and 64 hex digits (see `token-broker hash-key`)",
+                            ),
+                        }
+                    }
+                    authenticators.push(AuthenticatorSettings::ApiKey { keys: parsed });
+                }
+            }
+        }
+
+        let mut grants = Vec::new();
+        for (i, raw) in self.grants.iter().enumerate() {
+            let key = |field: &str| format!("grants[{i}].{field}");
+            if raw.subjects.is_empty() && raw.emails.is_empty() && raw.email_domains.is_empty() && raw.groups.is_empty()
+            {
+                check.problem(
+                    key("subjects"),
+                    "a grant must name subjects, emails, email_domains or groups",
+                );
+            }
+            let mut granted = BTreeMap::new();
+            for (upstream, scopes) in &raw.upstreams {
+                let scope_key = key(&format!("upstreams.{upstream}"));
+                let set = check.scopes(&scope_key, scopes);
+                match self.upstreams.get(upstream) {
+                    None => check.problem(scope_key, format!("no upstream named `{upstream}`")),
+                    Some(up) => {
+                        let allowed = check_upstream_scopes(&up.scopes);
+                        for scope in &set {
+                            if !allowed.contains(scope) {
+                                check.problem(
+                                    scope_key.clone(),
+                                    format!("scope `{scope}` is not in upstreams.{upstream}.scopes"),
+                                );
+                            }
+                        }
+                    }
+                }
+                granted.insert(upstream.clone(), set);
+            }
+            grants.push(GrantSettings {
+                subjects: raw.subjects.clone(),
+                emails: raw.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+                email_domains: raw.email_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                groups: raw.groups.clone(),
+                upstreams: granted,
+            });
+        }
+
+        if check.problems.is_empty() {
+            Ok(Settings {
+                server,
+                cache,
+                upstreams,
+                authenticators,
+                grants,
+            })
+        } else {
+            Err(Problems(check.problems))
+        }
+    }
+}
+
+/// The upstream's configured scopes, ignoring malformed ones (reported under the upstream's key).
+fn check_upstream_scopes(scopes: &[String]) -> BTreeSet<Scope> {
+    scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect()
+}
+
+fn is_valid_upstream_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let hex_digits = text.strip_prefix("sha256:")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut out).ok()?;
+    Some(out)
+}
+
+/// An origin as browsers send it: scheme, host and port only (RFC 6454); `*` and `null` refused.
+fn validate_origin(origin: &str) -> Result<String, String> {
+    if origin == "*" || origin.eq_ignore_ascii_case("null") {
+        return Err(format!("`{origin}` is never allowed: list exact origins"));
+    }
+    let url = Url::parse(origin).map_err(|_| format!("`{origin}` is not an origin such as https://app.example.com"))?;
+    let serialized = url.origin().ascii_serialization();
+    if !matches!(url.scheme(), "http" | "https") || serialized != origin.trim_end_matches('/') {
+        return Err(format!(
+            "`{origin}` is not an origin such as https://app.example.com (no path)"
+        ));
+    }
+    Ok(serialized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const MINIMAL: &str = r#"
+        [upstreams.triumph]
+        token_url = "https://auth.example.com/token"
+        client_id = "id"
+        client_secret = { env = "TRIUMPH_SECRET" }
+        scopes = ["reports:read", "reports:write"]
+
+        [[authenticators]]
+        type = "api_key"
+        keys = [{ id = "ci", hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000", subject = "svc-ci" }]
+
+        [[grants]]
+        subjects = ["*"]
+        upstreams = { triumph = ["reports:read"] }
+    "#;
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let settings = Settings::from_toml(MINIMAL, &env(&[("TRIUMPH_SECRET", "s3cret")])).unwrap();
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(settings.cache.refresh_skew, Duration::from_secs(60));
+        assert_eq!(settings.cache.default_ttl, Duration::from_secs(300));
+        assert_eq!(settings.cache.max_entries, 10_000);
+        assert_eq!(settings.server.csrf_header.as_str(), "x-requested-with");
+        let up = &settings.upstreams["triumph"];
+        assert_eq!(up.auth_method, ClientAuthMethod::ClientSecretPost);
+        assert_eq!(up.timeout, Duration::from_secs(5));
+        assert_eq!(up.client_secret.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let settings = Settings::load(
+            Some(&path),
+            &env(&[
+                ("TRIUMPH_SECRET", "s"),
+                ("TOKEN_BROKER__SERVER__LISTEN", "0.0.0.0:8081"),
+                ("TOKEN_BROKER__CACHE__REFRESH_SKEW", "30"),
+                ("TOKEN_BROKER__CACHE__DEFAULT_TTL", "2 min"),
+                (
+                    "TOKEN_BROKER__SERVER__CORS_ALLOWED_ORIGINS",
+                    "https://a.example.com, https://b.example.com",
+                ),
+                ("TOKEN_BROKER__UPSTREAMS__TRIUMPH__CLIENT_SECRET", "12345"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(settings.cache.refresh_skew, Duration::from_secs(30));
+        assert_eq!(settings.cache.default_ttl, Duration::from_secs(120));
+        assert_eq!(
+            settings.server.cors_allowed_origins,
+            ["https://a.example.com", "https://b.example.com"]
+        );
+        assert_eq!(settings.upstreams["triumph"].client_secret.expose_secret(), "12345");
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_their_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let text = MINIMAL.replace(
+            r#"{ env = "TRIUMPH_SECRET" }"#,
+            &format!("{{ file = {:?} }}", secret.display().to_string()),
+        );
+        let settings = Settings::from_toml(&text, &Env::new()).unwrap();
+        assert_eq!(settings.upstreams["triumph"].client_secret.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_its_key() {
+        let text = r#"
+            [cache]
+            refresh_skew = "3 months"
+
+            [upstreams.triumph]
+            token_url = "http://auth.example.com/token"
+            client_id = "id"
+            client_secret = { env = "NOT_SET" }
+            scopes = ["reports:read"]
+
+            [[authenticators]]
+            type = "api_key"
+            keys = [{ id = "ci", hash = "md5:abc", subject = "svc" }]
+
+            [[grants]]
+            subjects = ["*"]
+            upstreams = { nope = ["x"], triumph = ["reports:write"] }
+        "#;
+        let problems = Settings::from_toml(text, &Env::new()).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cache.refresh_skew",
+                "upstreams.triumph.token_url",
+                "upstreams.triumph.client_secret",
+                "authenticators[0].keys[0].hash",
+                "grants[0].upstreams.nope",
+                "grants[0].upstreams.triumph",
+            ]
+        );
+    }
+
+    #[test]
+    fn loopback_token_urls_may_use_http() {
+        for url in [
+            "http://127.0.0.1:9000/token",
+            "http://localhost/token",
+            "http://[::1]:8000/t",
+        ] {
+            let text = MINIMAL.replace("https://auth.example.com/token", url);
+            assert!(
+                Settings::from_toml(&text, &env(&[("TRIUMPH_SECRET", "s")])).is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_literal_secret_never_shows_in_debug_output_or_errors() {
+        let text = MINIMAL
+            .replace(r#"{ env = "TRIUMPH_SECRET" }"#, r#""canary-literal-secret""#)
+            .replace("https://auth", "http://auth");
+        let problems = Settings::from_toml(&text, &Env::new()).unwrap_err();
+        assert!(!problems.to_string().contains("canary-literal-secret"));
+        let ok = Settings::from_toml(
+            &MINIMAL.replace(r#"{ env = "TRIUMPH_SECRET" }"#, r#""canary-literal-secret""#),
+            &Env::new(),
+        )
+        .unwrap();
+        assert!(!format!("{ok:?}").contains("canary-literal-secret"));
+    }
+
+    #[test]
+    fn wildcard_and_null_origins_are_refused() {
+        assert!(validate_origin("*").is_err());
+        assert!(validate_origin("null").is_err());
+        assert!(validate_origin("https://app.example.com/path").is_err());
+        assert_eq!(
+            validate_origin("https://app.example.com").unwrap(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            validate_origin("http://localhost:5173").unwrap(),
+            "http://localhost:5173"
+        );
+    }
+}

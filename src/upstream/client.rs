@@ -1,0 +1,310 @@
+//! The client-credentials token request (RFC 6749 §4.4) and the parsing of its answer (§5.1, §5.2).
+
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::error::{OAuthErrorCode, UpstreamError};
+use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
+use crate::settings::{ClientAuthMethod, UpstreamSettings};
+
+/// Token responses are small; anything larger is refused before it fills memory.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A lifetime beyond a year is a mistake on the upstream's side, not a token to keep.
+const MAX_LIFETIME: Duration = Duration::from_secs(31_557_600);
+
+/// An access token as the token endpoint issued it.
+#[derive(Debug)]
+pub struct FetchedToken {
+    pub access_token: SecretString,
+    pub lifetime: Duration,
+    /// The scope the endpoint says it granted (RFC 6749 §5.1), when it said so.
+    pub scope: Option<String>,
+}
+
+/// Talks to token endpoints. One per process: it holds the connection pool.
+#[derive(Debug, Clone)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    default_ttl: Duration,
+}
+
+impl TokenClient {
+    pub fn new(default_ttl: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("the HTTP client's settings are static and valid");
+        Self { http, default_ttl }
+    }
+
+    /// Asks `upstream` for a token with `scopes`; the whole exchange is bounded by its `timeout`.
+    pub async fn fetch(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        match tokio::time::timeout(upstream.timeout, self.exchange(upstream, scopes)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    async fn exchange(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        let scope = join_scopes(scopes);
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        if let Some(audience) = &upstream.audience {
+            form.push(("audience", audience));
+        }
+        form.extend(upstream.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+
+        let mut request = self
+            .http
+            .post(upstream.token_url.clone())
+            .header(ACCEPT, "application/json");
+        match upstream.auth_method {
+            ClientAuthMethod::ClientSecretPost => {
+                form.push(("client_id", &upstream.client_id));
+                form.push(("client_secret", upstream.client_secret.expose_secret()));
+            }
+            ClientAuthMethod::ClientSecretBasic => {
+                request = request.header(
+                    AUTHORIZATION,
+                    basic_authorization(&upstream.client_id, &upstream.client_secret),
+                );
+            }
+        }
+        let body =
+            serde_urlencoded::to_string(&form).map_err(|_| UpstreamError::InvalidResponse("request encoding"))?;
+        let response = request
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        let body = read_capped(response).await?;
+
+        if status.is_success() {
+            parse_token_response(&body, self.default_ttl)
+        } else if status.as_u16() == 429 {
+            Err(UpstreamError::RateLimited { retry_after })
+        } else if status.is_server_error() {
+            Err(UpstreamError::ServerError {
+                status: status.as_u16(),
+                retry_after,
+            })
+        } else if status.is_client_error() {
+            Err(UpstreamError::Refused {
+                status: status.as_u16(),
+                error: parse_error_code(&body),
+            })
+        } else {
+            // Redirects are not followed: a token endpoint that moves is a configuration problem.
+            Err(UpstreamError::InvalidResponse(
+                "unexpected status (redirects are not followed)",
+            ))
+        }
+    }
+}
+
+/// RFC 6749 §2.3.1: the client id and secret are form-urlencoded before they are joined and base64-encoded.
+pub fn basic_authorization(client_id: &str, client_secret: &SecretString) -> String {
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let joined = format!("{}:{}", encode(client_id), encode(client_secret.expose_secret()));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(joined))
+}
+
+/// Describes a transport failure without the request (whose body holds the secret).
+fn transport_error(error: reqwest::Error) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout
+    } else if error.is_connect() {
+        UpstreamError::Unreachable("connection failed".into())
+    } else {
+        UpstreamError::Unreachable("the connection broke off".into())
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(UpstreamError::InvalidResponse("response body over 64 KiB"));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(MAX_BODY_BYTES));
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(UpstreamError::InvalidResponse("response body over 64 KiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<serde_json::Value>,
+    token_type: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<serde_json::Value>,
+}
+
+/// RFC 6749 §5.1. `expires_in` may be a number or a numeric string; absent or null means the
+/// configured default; zero, negative or over a year is refused.
+fn parse_token_response(body: &[u8], default_ttl: Duration) -> Result<FetchedToken, UpstreamError> {
+    let parsed: TokenResponse =
+        serde_json::from_slice(body).map_err(|_| UpstreamError::InvalidResponse("not a JSON token response"))?;
+    let access_token = match parsed.access_token {
+        Some(serde_json::Value::String(token)) if !token.is_empty() => token,
+        _ => return Err(UpstreamError::InvalidResponse("no access_token")),
+    };
+    if access_token.len() > 16 * 1024 || access_token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return Err(UpstreamError::InvalidResponse(
+            "access_token is not printable ASCII under 16 KiB",
+        ));
+    }
+    match parsed.token_type {
+        // Servers that leave out token_type issue bearer tokens in practice.
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(_) => return Err(UpstreamError::InvalidResponse("token_type is not Bearer")),
+    }
+    let lifetime = match parsed.expires_in {
+        None | Some(serde_json::Value::Null) => default_ttl,
+        Some(value) => {
+            let seconds = match &value {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            }
+            .filter(|s| s.is_finite())
+            .ok_or(UpstreamError::InvalidResponse("expires_in is not a number"))?;
+            if seconds < 1.0 || seconds > MAX_LIFETIME.as_secs_f64() {
+                return Err(UpstreamError::InvalidResponse(
+                    "expires_in is not between 1 second and 1 year",
+                ));
+            }
+            Duration::from_secs(seconds as u64)
+        }
+    };
+    let scope = match parsed.scope {
+        Some(serde_json::Value::String(s)) => parse_scope_param(&s).ok().flatten().map(|set| join_scopes(&set)),
+        _ => None,
+    };
+    Ok(FetchedToken {
+        access_token: SecretString::from(access_token),
+        lifetime,
+        scope,
+    })
+}
+
+/// The RFC 6749 §5.2 `error` code of a refusal, if it has a plain one. The description is dropped.
+fn parse_error_code(body: &[u8]) -> Option<OAuthErrorCode> {
+    #[derive(Deserialize)]
+    struct ErrorResponse {
+        error: String,
+    }
+    let parsed: ErrorResponse = serde_json::from_slice(body).ok()?;
+    OAuthErrorCode::parse(&parsed.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(300);
+
+    fn parse(body: &str) -> Result<FetchedToken, UpstreamError> {
+        parse_token_response(body.as_bytes(), TTL)
+    }
+
+    #[test]
+    fn basic_credentials_are_form_urlencoded_before_base64() {
+        let header = basic_authorization("my client", &SecretString::from("a:b%c+d é".to_string()));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&header["Basic ".len()..])
+            .unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:a%3Ab%25c%2Bd+%C3%A9");
+    }
+
+    #[test]
+    fn expires_in_takes_numbers_and_numeric_strings() {
+        assert_eq!(
+            parse(r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#)
+                .unwrap()
+                .lifetime
+                .as_secs(),
+            3600
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"t","token_type":"bearer","expires_in":"3600"}"#)
+                .unwrap()
+                .lifetime
+                .as_secs(),
+            3600
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"t","token_type":"BEARER"}"#).unwrap().lifetime,
+            TTL
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"t","expires_in":null}"#).unwrap().lifetime,
+            TTL
+        );
+    }
+
+    #[test]
+    fn unusable_responses_are_refused() {
+        for body in [
+            r#"{"access_token":"t","expires_in":0}"#,
+            r#"{"access_token":"t","expires_in":-1}"#,
+            r#"{"access_token":"t","expires_in":1e12}"#,
+            r#"{"access_token":"t","expires_in":"soon"}"#,
+            r#"{"access_token":"t","expires_in":true}"#,
+            r#"{"access_token":"","token_type":"Bearer"}"#,
+            r#"{"token_type":"Bearer","expires_in":60}"#,
+            r#"{"access_token":"t","token_type":"mac"}"#,
+            r#"{"access_token":42}"#,
+            "<html>error</html>",
+            "",
+        ] {
+            assert!(matches!(parse(body), Err(UpstreamError::InvalidResponse(_))), "{body}");
+        }
+    }
+
+    #[test]
+    fn only_plain_oauth_error_codes_are_kept() {
+        assert_eq!(
+            parse_error_code(br#"{"error":"invalid_client","error_description":"bad secret"}"#)
+                .unwrap()
+                .as_str(),
+            "invalid_client"
+        );
+        assert!(parse_error_code(br#"{"error":"line\nbreak"}"#).is_none());
+        assert!(parse_error_code(b"<html>").is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! What can go wrong at the token endpoint, kept apart so each maps to one answer to the browser.
+
+use std::time::Duration;
+
+/// An RFC 6749 §5.2 `error` code, kept only when it is a plain token (safe to log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthErrorCode(String);
+
+impl OAuthErrorCode {
+    /// RFC 6749 §5.2: `error` is `%x20-21 / %x23-5B / %x5D-7E`; we also refuse spaces and long values
+    /// so that the code can be logged without letting the upstream write into our logs.
+    pub fn parse(code: &str) -> Option<Self> {
+        let plain = !code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        plain.then(|| Self(code.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The exchange did not finish within the upstream's `timeout`.
+    #[error("the token endpoint did not answer in time")]
+    Timeout,
+    /// Connecting or sending failed: the endpoint is down or unreachable.
+    #[error("the token endpoint could not be reached: {0}")]
+    Unreachable(String),
+    /// 5xx: the endpoint is up but failing.
+    #[error("the token endpoint answered {status}")]
+    ServerError { status: u16, retry_after: Option<Duration> },
+    /// 429: the endpoint asks us to slow down.
+    #[error("the token endpoint is rate-limiting")]
+    RateLimited { retry_after: Option<Duration> },
+    /// A 4xx refusal, usually an RFC 6749 §5.2 error such as `invalid_client`.
+    #[error("the token endpoint refused the request with {status} ({})", .error.as_ref().map_or("no error code", |e| e.as_str()))]
+    Refused { status: u16, error: Option<OAuthErrorCode> },
+    /// 2xx with a body that is not a usable token response.
+    #[error("the token endpoint answered something unusable: {0}")]
+    InvalidResponse(&'static str),
+}
+
+impl UpstreamError {
+    /// The RFC 6749 §5.2 code, for logs.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            Self::Refused { error, .. } => error.as_ref().map(OAuthErrorCode::as_str),
+            _ => None,
+        }
+    }
+}
