@@ -1,0 +1,170 @@
+//! Interop with a real OAuth2 server: panva's oidc-provider (npm), once per client auth method.
+//! The test command installs it (`npm ci` in tests/interop); this test fails, rather than skips,
+//! when it is missing.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::Value;
+use token_broker::clock::SystemClock;
+use token_broker::identity::hash_key;
+use token_broker::settings::{Env, Settings};
+use token_broker::startup::Application;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// ASCII only (oidc-provider refuses other secrets) but with every character Basic must encode.
+const SECRET: &str = "s3cret:with%odd+chars=&more";
+const API_KEY: &str = "interop-key";
+
+struct Provider {
+    _child: Child,
+    base: String,
+}
+
+async fn start_provider() -> Provider {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    assert!(
+        dir.join("node_modules/oidc-provider").is_dir(),
+        "oidc-provider is not installed: run `npm ci` in tests/interop (scripts/test does it)"
+    );
+    let mut child = Command::new("node")
+        .arg("oidc-provider.mjs")
+        .arg(SECRET)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("oidc-provider printed its port");
+        if let Some(port) = line.strip_prefix("listening ") {
+            break port.trim().to_string();
+        }
+    };
+    Provider {
+        _child: child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn broker_for(provider: &Provider, client_id: &str, auth_method: &str, secret: &str) -> String {
+    let toml = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        workers = 1
+
+        [upstreams.op]
+        token_url = "{base}/token"
+        client_id = "{client_id}"
+        client_secret = {{ env = "OP_SECRET" }}
+        auth_method = "{auth_method}"
+        scopes = ["api:read", "api:write"]
+
+        [[authenticators]]
+        type = "api_key"
+        keys = [{{ id = "k", hash = "{hash}", subject = "user" }}]
+
+        [[grants]]
+        subjects = ["user"]
+        upstreams = {{ op = ["api:read", "api:write"] }}
+        "#,
+        base = provider.base,
+        hash = hash_key(API_KEY),
+    );
+    let env: Env = [("OP_SECRET".to_string(), secret.to_string())].into();
+    let settings = Settings::from_toml(&toml, &env).unwrap();
+    let app = Application::build_with_clock(settings, std::sync::Arc::new(SystemClock)).unwrap();
+    let base = format!("http://{}", app.address());
+    tokio::spawn(app.run_until_stopped());
+    base
+}
+
+/// Asks the provider itself whether it issued `token` (RFC 7662 introspection).
+async fn introspect(provider: &Provider, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{}/token/introspection", provider.base))
+        .form(&[
+            ("token", token),
+            ("client_id", "post-client"),
+            ("client_secret", SECRET),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn exchange_and_verify(client_id: &str, auth_method: &str) {
+    let provider = start_provider().await;
+    let broker = broker_for(&provider, client_id, auth_method, SECRET).await;
+    let http = reqwest::Client::new();
+    let get = |scope: &'static str| {
+        http.get(format!("{broker}/v1/token/op"))
+            .query(&[("scope", scope)])
+            .header("X-API-Key", API_KEY)
+            .send()
+    };
+
+    let response = get("api:write api:read").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(body["scope"], "api:read api:write");
+    // oidc-provider issues 600 s tokens; the broker serves them for 600 − min(60, 150) s.
+    assert!((538..=540).contains(&body["expires_in"].as_u64().unwrap()), "{body}");
+
+    let introspection = introspect(&provider, token).await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+    assert_eq!(introspection["client_id"], client_id);
+    assert_eq!(introspection["scope"], "api:read api:write");
+
+    let again: Value = get("api:read api:write").await.unwrap().json().await.unwrap();
+    assert_eq!(again["access_token"], token, "the second call is served from the cache");
+
+    let narrower: Value = get("api:read").await.unwrap().json().await.unwrap();
+    assert_ne!(narrower["access_token"], token);
+    assert_eq!(
+        introspect(&provider, narrower["access_token"].as_str().unwrap()).await["scope"],
+        "api:read"
+    );
+}
+
+#[tokio::test]
+async fn tokens_from_oidc_provider_with_client_secret_basic() {
+    exchange_and_verify("basic-client", "client_secret_basic").await;
+}
+
+#[tokio::test]
+async fn tokens_from_oidc_provider_with_client_secret_post() {
+    exchange_and_verify("post-client", "client_secret_post").await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_by_oidc_provider_and_reported_as_502() {
+    let provider = start_provider().await;
+    let broker = broker_for(&provider, "basic-client", "client_secret_basic", "not-the-secret").await;
+    let response = reqwest::Client::new()
+        .get(format!("{broker}/v1/token/op"))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"], "upstream_error");
+    assert!(
+        !text.contains("invalid_client"),
+        "the upstream's own words stay out: {text}"
+    );
+}
