@@ -161,3 +161,19 @@ fn demo_serves_the_curl_line_it_prints() {
     assert_eq!(first["access_token"], second["access_token"], "the demo caches");
     assert_eq!(first["token_type"], "Bearer");
 }
+
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth0 = dir.path().join("auth0");
+    std::fs::write(&auth0, "auth0-secret\n").unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")).unwrap();
+    let file = write_config(&example.replace("/run/secrets/auth0", auth0.to_str().unwrap()));
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(file.path())
+        .env("TRIUMPH_CLIENT_SECRET", "x")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
