@@ -80,7 +80,45 @@ pub struct UpstreamSettings {
 #[derive(Debug, Clone)]
 pub enum AuthenticatorSettings {
     ApiKey { keys: Vec<ApiKeySettings> },
+    Jwt(JwtSettings),
+    Forward(ForwardSettings),
 }
+
+/// An OIDC issuer whose id_tokens authenticate callers.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// The issuer as configured; discovery starts from it.
+    pub issuer: String,
+    /// Every `iss` value accepted (Google uses two spellings).
+    pub accepted_issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    pub jwks_url: Option<Url>,
+    pub hosted_domain: Option<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub groups_claim: String,
+    pub max_token_bytes: usize,
+    /// How long keys are kept when the JWKS answer has no `Cache-Control: max-age`.
+    pub jwks_cache_ttl: Duration,
+    pub timeout: Duration,
+}
+
+/// The app's own session endpoint, asked with the caller's cookies.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub url: Url,
+    pub forward_cookies: Vec<String>,
+    pub forward_authorization: bool,
+    pub subject_field: String,
+    pub email_field: Option<String>,
+    pub groups_field: Option<String>,
+    pub cache_ttl: Duration,
+    pub timeout: Duration,
+}
+
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+/// Google's id_tokens carry either spelling of its issuer.
+pub const GOOGLE_ISSUERS: [&str; 2] = [GOOGLE_ISSUER, "accounts.google.com"];
 
 #[derive(Clone)]
 pub struct ApiKeySettings {
@@ -310,6 +348,41 @@ mod file {
             #[serde(default)]
             keys: Vec<ApiKey>,
         },
+        Jwt(Jwt),
+        Forward(Forward),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Jwt {
+        pub preset: Option<String>,
+        pub issuer: Option<String>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub audiences: Vec<String>,
+        pub jwks_url: Option<String>,
+        pub hosted_domain: Option<String>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub algorithms: Vec<String>,
+        pub leeway: Option<DurationText>,
+        pub groups_claim: Option<String>,
+        pub max_token_bytes: Option<usize>,
+        pub jwks_cache_ttl: Option<DurationText>,
+        pub timeout: Option<DurationText>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Forward {
+        pub url: String,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub forward_cookies: Vec<String>,
+        #[serde(default)]
+        pub forward_authorization: bool,
+        pub subject_field: Option<String>,
+        pub email_field: Option<String>,
+        pub groups_field: Option<String>,
+        pub cache_ttl: Option<DurationText>,
+        pub timeout: Option<DurationText>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -394,6 +467,22 @@ impl Check {
             Err(e) => {
                 self.problem(key, e.to_string());
                 default
+            }
+        }
+    }
+
+    /// An `https://` URL, or `http://` on a loopback address.
+    fn secure_url(&mut self, key: &str, text: &str) -> Option<Url> {
+        match Url::parse(text) {
+            Ok(url) if url.scheme() == "https" => Some(url),
+            Ok(url) if url.scheme() == "http" && is_loopback_url(&url) => Some(url),
+            Ok(_) => {
+                self.problem(key, "must be an https:// URL (http:// only on loopback addresses)");
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("not a URL: {e}"));
+                None
             }
         }
     }
@@ -524,21 +613,7 @@ impl file::Settings {
                     "upstream names use only letters, digits, '-' and '_'",
                 );
             }
-            let token_url = match Url::parse(&raw.token_url) {
-                Ok(url) if url.scheme() == "https" => Some(url),
-                Ok(url) if url.scheme() == "http" && is_loopback_url(&url) => Some(url),
-                Ok(_) => {
-                    check.problem(
-                        key("token_url"),
-                        "must be an https:// URL (http:// only on loopback addresses)",
-                    );
-                    None
-                }
-                Err(e) => {
-                    check.problem(key("token_url"), format!("not a URL: {e}"));
-                    None
-                }
-            };
+            let token_url = check.secure_url(&key("token_url"), &raw.token_url);
             if let Some(url) = &token_url {
                 if !url.username().is_empty() || url.password().is_some() {
                     check.problem(
@@ -630,6 +705,14 @@ impl file::Settings {
                     }
                     authenticators.push(AuthenticatorSettings::ApiKey { keys: parsed });
                 }
+                file::Authenticator::Jwt(raw) => {
+                    authenticators.push(AuthenticatorSettings::Jwt(validate_jwt(&mut check, i, raw)));
+                }
+                file::Authenticator::Forward(raw) => {
+                    if let Some(forward) = validate_forward(&mut check, i, raw) {
+                        authenticators.push(AuthenticatorSettings::Forward(forward));
+                    }
+                }
             }
         }
 
@@ -684,6 +767,132 @@ impl file::Settings {
             Err(Problems(check.problems))
         }
     }
+}
+
+/// Algorithms an id_token may be signed with: asymmetric only, so a public key can never be
+/// used as an HMAC secret.
+const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn validate_jwt(check: &mut Check, i: usize, raw: &file::Jwt) -> JwtSettings {
+    let key = |field: &str| format!("authenticators[{i}].{field}");
+    let google = match raw.preset.as_deref() {
+        None => raw.issuer.as_deref().is_some_and(|iss| GOOGLE_ISSUERS.contains(&iss)),
+        Some("google") => true,
+        Some(other) => {
+            check.problem(
+                key("preset"),
+                format!("unknown preset `{other}`: the only preset is \"google\""),
+            );
+            false
+        }
+    };
+    let issuer = match (&raw.issuer, google) {
+        (Some(issuer), _) => issuer.clone(),
+        (None, true) => GOOGLE_ISSUER.to_string(),
+        (None, false) => {
+            check.problem(key("issuer"), "an issuer is required (or preset = \"google\")");
+            String::new()
+        }
+    };
+    let accepted_issuers = if google {
+        GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        if !issuer.is_empty() {
+            check.secure_url(&key("issuer"), &issuer);
+        }
+        vec![issuer.clone()]
+    };
+    if raw.audiences.is_empty() {
+        check.problem(key("audiences"), "at least one audience (your client id) is required");
+    }
+    let jwks_url = raw
+        .jwks_url
+        .as_deref()
+        .and_then(|u| check.secure_url(&key("jwks_url"), u));
+    if google && raw.jwks_url.is_none() && raw.issuer.as_deref().is_some_and(|i| !GOOGLE_ISSUERS.contains(&i)) {
+        check.problem(key("issuer"), "the google preset takes Google's issuer");
+    }
+    let names: Vec<String> = if raw.algorithms.is_empty() {
+        vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+    } else {
+        raw.algorithms.clone()
+    };
+    let mut algorithms = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) if ASYMMETRIC_ALGORITHMS.contains(&name.as_str()) => algorithms.push(alg),
+            _ => check.problem(
+                format!("authenticators[{i}].algorithms[{j}]"),
+                format!(
+                    "`{name}` is not allowed: use one of {}",
+                    ASYMMETRIC_ALGORITHMS.join(", ")
+                ),
+            ),
+        }
+    }
+    let max_token_bytes = raw.max_token_bytes.unwrap_or(8 * 1024);
+    if max_token_bytes < 512 {
+        check.problem(key("max_token_bytes"), "must be at least 512");
+    }
+    JwtSettings {
+        issuer,
+        accepted_issuers,
+        audiences: raw.audiences.clone(),
+        jwks_url,
+        hosted_domain: raw.hosted_domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        algorithms,
+        leeway: check.duration(&key("leeway"), raw.leeway.as_ref(), Duration::from_secs(60)),
+        groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+        max_token_bytes,
+        jwks_cache_ttl: check.duration(
+            &key("jwks_cache_ttl"),
+            raw.jwks_cache_ttl.as_ref(),
+            Duration::from_secs(600),
+        ),
+        timeout: check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(5)),
+    }
+}
+
+fn validate_forward(check: &mut Check, i: usize, raw: &file::Forward) -> Option<ForwardSettings> {
+    let key = |field: &str| format!("authenticators[{i}].{field}");
+    if raw.forward_cookies.is_empty() && !raw.forward_authorization {
+        check.problem(
+            key("forward_cookies"),
+            "name the session cookies to forward, or set forward_authorization",
+        );
+    }
+    for (j, name) in raw.forward_cookies.iter().enumerate() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            check.problem(
+                format!("authenticators[{i}].forward_cookies[{j}]"),
+                format!("`{name}` is not a cookie name"),
+            );
+        }
+    }
+    let url = match Url::parse(&raw.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+        _ => {
+            check.problem(key("url"), "must be an http:// or https:// URL");
+            None
+        }
+    };
+    let settings = ForwardSettings {
+        url: url?,
+        forward_cookies: raw.forward_cookies.clone(),
+        forward_authorization: raw.forward_authorization,
+        subject_field: raw.subject_field.clone().unwrap_or_else(|| "sub".into()),
+        email_field: raw.email_field.clone(),
+        groups_field: raw.groups_field.clone(),
+        cache_ttl: check.duration(&key("cache_ttl"), raw.cache_ttl.as_ref(), Duration::from_secs(30)),
+        timeout: check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(2)),
+    };
+    Some(settings)
 }
 
 /// The upstream's configured scopes, ignoring malformed ones (reported under the upstream's key).
@@ -862,6 +1071,37 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{ok:?}").contains("canary-literal-secret"));
+    }
+
+    #[test]
+    fn jwt_authenticators_refuse_symmetric_algorithms_and_need_an_audience() {
+        let text = format!(
+            "{MINIMAL}\n[[authenticators]]\ntype = \"jwt\"\nissuer = \"http://idp.example.com\"\nalgorithms = [\"RS256\", \"HS256\", \"none\"]\n"
+        );
+        let problems = Settings::from_toml(&text, &env(&[("TRIUMPH_SECRET", "s")])).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "authenticators[1].issuer",
+                "authenticators[1].audiences",
+                "authenticators[1].algorithms[1]",
+                "authenticators[1].algorithms[2]"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_google_preset_accepts_both_issuer_spellings() {
+        let text = format!("{MINIMAL}\n[[authenticators]]\ntype = \"jwt\"\npreset = \"google\"\naudiences = [\"x.apps.googleusercontent.com\"]\n");
+        let settings = Settings::from_toml(&text, &env(&[("TRIUMPH_SECRET", "s")])).unwrap();
+        let AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[1] else {
+            panic!("a jwt authenticator")
+        };
+        assert_eq!(jwt.issuer, GOOGLE_ISSUER);
+        assert_eq!(jwt.accepted_issuers, GOOGLE_ISSUERS);
+        assert_eq!(jwt.leeway, Duration::from_secs(60));
+        assert_eq!(jwt.algorithms.len(), 3);
     }
 
     #[test]

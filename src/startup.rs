@@ -4,10 +4,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::http::cors::{self, CorsPolicy};
 use crate::identity::Chain;
 use crate::policy::Policy;
 use crate::routes;
@@ -27,7 +29,7 @@ impl AppState {
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
         let client = TokenClient::new(settings.cache.default_ttl);
         Self {
-            identity: Chain::new(&settings.authenticators),
+            identity: Chain::new(&settings.authenticators, &clock),
             policy: Policy::new(settings.grants.clone()),
             tokens: TokenCache::new(client, clock, settings.cache.max_entries, settings.cache.refresh_skew),
             settings: Arc::new(settings),
@@ -59,11 +61,17 @@ impl Application {
             n => n,
         };
 
+        let cors = web::Data::new(CorsPolicy::new(
+            &settings.server.cors_allowed_origins,
+            &settings.server.csrf_header,
+        ));
         let state = web::Data::new(AppState::new(settings, clock));
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(cors::cors))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
+                .app_data(cors.clone())
                 .configure(routes::token::configure)
         })
         .workers(workers)

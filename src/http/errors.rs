@@ -26,6 +26,8 @@ pub enum ApiError {
     Unauthenticated(AuthError),
     #[error("{0}")]
     AccessDenied(Denied),
+    #[error("cookie-authenticated request without the CSRF header")]
+    CsrfHeaderMissing,
     #[error("unknown upstream")]
     UnknownUpstream,
     #[error("method not allowed")]
@@ -51,7 +53,15 @@ impl ApiError {
                 "no credential: send X-API-Key or Authorization: Bearer".into(),
             ),
             Self::Unauthenticated(AuthError::Invalid) => ("unauthenticated", "the credential was not accepted".into()),
+            Self::Unauthenticated(AuthError::Unavailable) => (
+                "auth_unavailable",
+                "the identity provider cannot be reached; try again later".into(),
+            ),
             Self::AccessDenied(denied) => ("access_denied", denied.to_string()),
+            Self::CsrfHeaderMissing => (
+                "csrf_header_missing",
+                "cookie-authenticated requests must carry the CSRF header".into(),
+            ),
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::MethodNotAllowed => ("method_not_allowed", "use GET or POST".into()),
             Self::Upstream(error) => match error.as_ref() {
@@ -75,6 +85,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
+            Self::Unauthenticated(AuthError::Unavailable) => Some(DEFAULT_RETRY_AFTER),
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Unreachable(_) => Some(DEFAULT_RETRY_AFTER),
                 UpstreamError::ServerError { retry_after, .. } | UpstreamError::RateLimited { retry_after } => {
@@ -92,8 +103,9 @@ impl ResponseError for ApiError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::AccessDenied(_) => StatusCode::FORBIDDEN,
+            Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
             Self::UnknownUpstream => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {

@@ -1,4 +1,5 @@
-//! HTTP concerns shared by the routes: errors as responses, and the headers every token answer carries.
+//! HTTP concerns shared by the routes: errors as responses, CORS, and the headers every token answer carries.
 
+pub mod cors;
 pub mod errors;
 pub mod headers;

@@ -1,15 +1,21 @@
 //! Who is calling: the authenticator chain and the [`Identity`] it produces.
 //!
-//! Authenticators are tried in configured order; the first that recognises the kind of credential
-//! a request carries decides, so a forged credential is refused rather than handed to the next one.
+//! Authenticators are tried in configured order; the first that recognises the credential a
+//! request carries decides, so a forged credential is refused rather than handed to the next one.
 //! Identity headers a client sends itself (`X-Forwarded-User` and the like) are never read.
 
-mod api_key;
+pub(crate) mod api_key;
+mod forward;
+mod jwks;
+mod jwt;
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 
 pub use api_key::{hash_key, ApiKeyAuthenticator};
+pub use forward::ForwardAuthenticator;
+pub use jwt::{looks_like_jwt, unverified_issuer, JwtAuthenticator};
 
+use crate::clock::SharedClock;
 use crate::policy::Rights;
 use crate::settings::AuthenticatorSettings;
 
@@ -17,6 +23,8 @@ use crate::settings::AuthenticatorSettings;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     ApiKey,
+    Jwt,
+    Forward,
 }
 
 /// An authenticated caller.
@@ -51,6 +59,8 @@ pub enum AuthError {
     Missing,
     #[error("the credential failed verification")]
     Invalid,
+    #[error("the identity provider cannot be reached")]
+    Unavailable,
 }
 
 /// What one authenticator makes of a request.
@@ -61,21 +71,37 @@ pub enum Outcome {
     Rejected(AuthError),
 }
 
+/// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The configured authenticators.
 pub enum Authenticator {
     ApiKey(ApiKeyAuthenticator),
+    Jwt(Box<JwtAuthenticator>),
+    Forward(Box<ForwardAuthenticator>),
 }
 
 impl Authenticator {
-    pub fn from_settings(settings: &AuthenticatorSettings) -> Self {
+    pub fn from_settings(settings: &AuthenticatorSettings, clock: &SharedClock) -> Self {
         match settings {
             AuthenticatorSettings::ApiKey { keys } => Self::ApiKey(ApiKeyAuthenticator::new(keys)),
+            AuthenticatorSettings::Jwt(jwt) => Self::Jwt(Box::new(JwtAuthenticator::new(jwt, clock.clone()))),
+            AuthenticatorSettings::Forward(forward) => Self::Forward(Box::new(ForwardAuthenticator::new(forward))),
         }
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
         match self {
             Self::ApiKey(a) => a.authenticate(headers),
+            Self::Jwt(a) => a.authenticate(headers).await,
+            Self::Forward(a) => a.authenticate(headers).await,
         }
     }
 }
@@ -86,9 +112,12 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(settings: &[AuthenticatorSettings]) -> Self {
+    pub fn new(settings: &[AuthenticatorSettings], clock: &SharedClock) -> Self {
         Self {
-            authenticators: settings.iter().map(Authenticator::from_settings).collect(),
+            authenticators: settings
+                .iter()
+                .map(|s| Authenticator::from_settings(s, clock))
+                .collect(),
         }
     }
 
@@ -100,6 +129,11 @@ impl Chain {
                 Outcome::Rejected(error) => return Err(error),
             }
         }
-        Err(AuthError::Missing)
+        // A credential nobody recognises (a token of an unknown issuer, say) is refused as such.
+        if headers.contains_key(AUTHORIZATION) || headers.contains_key(api_key::HEADER) {
+            Err(AuthError::Invalid)
+        } else {
+            Err(AuthError::Missing)
+        }
     }
 }

@@ -74,6 +74,10 @@ async fn serve(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let identity = state.identity.authenticate(req.headers()).await?;
+    // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
+    if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
+        return Err(ApiError::CsrfHeaderMissing);
+    }
     let upstream = state
         .settings
         .upstreams

@@ -1,6 +1,8 @@
 //! Spawns the real broker on port 0 against a mock token endpoint, with a clock tests can advance.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,163 @@
+//! Forward-auth: the app's own session endpoint says who the caller is.
+//!
+//! Only the configured cookies (and, when enabled, the `Authorization` header) are forwarded;
+//! redirects are not followed. 2xx → the identity from the JSON answer; 401/403 → refused; a
+//! timeout or 5xx → 503 `auth_unavailable`. Decisions are cached for `cache_ttl` under a hash of
+//! the forwarded credentials (never the raw cookie), and identical concurrent checks share one call.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+use moka::future::Cache;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{AuthError, Identity, Method, Outcome};
+use crate::settings::ForwardSettings;
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const DECISIONS: u64 = 100_000;
+
+#[derive(Clone)]
+enum Decision {
+    Allowed(Arc<Identity>),
+    Refused,
+}
+
+pub struct ForwardAuthenticator {
+    settings: ForwardSettings,
+    http: reqwest::Client,
+    decisions: Cache<[u8; 32], Decision>,
+}
+
+impl ForwardAuthenticator {
+    pub fn new(settings: &ForwardSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout)
+            .build()
+            .expect("static HTTP client settings");
+        Self {
+            http,
+            decisions: Cache::builder()
+                .max_capacity(DECISIONS)
+                .time_to_live(settings.cache_ttl)
+                .build(),
+            settings: settings.clone(),
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+        let cookies = self.forwarded_cookies(headers);
+        let authorization = if self.settings.forward_authorization {
+            headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
+        } else {
+            None
+        };
+        if cookies.is_empty() && authorization.is_none() {
+            return Outcome::NotMine;
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(cookies.as_bytes());
+        hasher.update([0]);
+        hasher.update(authorization.unwrap_or("").as_bytes());
+        let key: [u8; 32] = hasher.finalize().into();
+
+        let decision = self
+            .decisions
+            .try_get_with(key, self.ask(&cookies, authorization))
+            .await;
+        match decision {
+            Ok(Decision::Allowed(identity)) => {
+                let mut identity = (*identity).clone();
+                identity.via_cookie = !cookies.is_empty();
+                Outcome::Authenticated(identity)
+            }
+            Ok(Decision::Refused) => Outcome::Rejected(AuthError::Invalid),
+            Err(_) => Outcome::Rejected(AuthError::Unavailable),
+        }
+    }
+
+    /// `name=value` pairs of the configured cookies only, in configured order.
+    fn forwarded_cookies(&self, headers: &HeaderMap) -> String {
+        let mut pairs = Vec::new();
+        for name in &self.settings.forward_cookies {
+            let value = headers
+                .get_all(COOKIE)
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v);
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                pairs.push(format!("{name}={value}"));
+            }
+        }
+        pairs.join("; ")
+    }
+
+    async fn ask(&self, cookies: &str, authorization: Option<&str>) -> Result<Decision, &'static str> {
+        let mut request = self
+            .http
+            .get(self.settings.url.clone())
+            .header("accept", "application/json");
+        if !cookies.is_empty() {
+            request = request.header(COOKIE.as_str(), cookies);
+        }
+        if let Some(authorization) = authorization {
+            request = request.header(AUTHORIZATION.as_str(), authorization);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|_| "the session endpoint could not be reached")?;
+        let status = response.status();
+        if status == 401 || status == 403 {
+            return Ok(Decision::Refused);
+        }
+        if !status.is_success() {
+            tracing::warn!(status = status.as_u16(), "the session endpoint answered an error");
+            return Err("the session endpoint answered an error");
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|_| "the session answer broke off")? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err("the session answer is over 64 KiB");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let json: Value = serde_json::from_slice(&body).map_err(|_| "the session answer is not JSON")?;
+        let Some(subject) = field(&json, &self.settings.subject_field).and_then(scalar_string) else {
+            tracing::warn!(field = %self.settings.subject_field, "the session answer has no subject");
+            return Ok(Decision::Refused);
+        };
+        let mut identity = Identity::new(subject, Method::Forward);
+        identity.verified_email = self
+            .settings
+            .email_field
+            .as_deref()
+            .and_then(|f| field(&json, f))
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase);
+        identity.groups = match self.settings.groups_field.as_deref().and_then(|f| field(&json, f)) {
+            Some(Value::Array(values)) => values.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        Ok(Decision::Allowed(Arc::new(identity)))
+    }
+}
+
+/// A field by a dotted path such as `user.id`.
+fn field<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(json, |value, name| value.get(name))
+}
+
+/// A non-empty subject from a string or a number.
+fn scalar_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

@@ -1,0 +1,182 @@
+//! `Authorization: Bearer <id_token>` from an OIDC issuer (Google or any other).
+//!
+//! The authenticator claims a bearer JWT whose (unverified) `iss` is its issuer, then verifies it
+//! completely: allow-listed asymmetric algorithm fitting the key's type, a key from the issuer's
+//! own JWKS by `kid` (`jku`, `x5u` and embedded `jwk` headers are ignored), exact `iss`, an
+//! audience of ours, `exp` required, `nbf` honoured, with leeway. Verified tokens are remembered
+//! by their hash until `exp`, so the hot path does not redo the signature check.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderMap;
+use base64::Engine;
+use jsonwebtoken::Validation;
+use moka::sync::Cache;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::jwks::{KeyError, KeySource};
+use super::{bearer_token, AuthError, Identity, Method, Outcome};
+use crate::clock::SharedClock;
+use crate::settings::JwtSettings;
+
+const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
+/// Longest a verified token is remembered, whatever its `exp`.
+const VERIFIED_CACHE_MAX: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    exp: u64,
+}
+
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
+    fn expire_after_create(&self, _key: &[u8; 32], value: &Verified, _created_at: Instant) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(Duration::from_secs(value.exp.saturating_sub(now)).min(VERIFIED_CACHE_MAX))
+    }
+}
+
+pub struct JwtAuthenticator {
+    settings: JwtSettings,
+    keys: KeySource,
+    clock: SharedClock,
+    verified: Cache<[u8; 32], Verified>,
+}
+
+impl JwtAuthenticator {
+    pub fn new(settings: &JwtSettings, clock: SharedClock) -> Self {
+        Self {
+            keys: KeySource::new(settings, clock.clone()),
+            settings: settings.clone(),
+            clock,
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_CACHE_ENTRIES)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+        let Some(token) = bearer_token(headers) else {
+            return Outcome::NotMine;
+        };
+        if token.len() > self.settings.max_token_bytes {
+            return Outcome::NotMine;
+        }
+        match unverified_issuer(token) {
+            Some(iss) if self.settings.accepted_issuers.contains(&iss) => {}
+            _ => return Outcome::NotMine,
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest) {
+            let leeway = self.settings.leeway.as_secs();
+            if self.clock.unix_now() <= hit.exp + leeway {
+                return Outcome::Authenticated((*hit.identity).clone());
+            }
+            self.verified.invalidate(&digest);
+        }
+        match self.verify(token).await {
+            Ok(verified) => {
+                let identity = (*verified.identity).clone();
+                self.verified.insert(digest, verified);
+                Outcome::Authenticated(identity)
+            }
+            Err(error) => Outcome::Rejected(error),
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let alg = header.alg;
+        if !self.settings.algorithms.contains(&alg) {
+            return Err(AuthError::Invalid);
+        }
+        let keys = self
+            .keys
+            .keys_for(header.kid.as_deref(), alg)
+            .await
+            .map_err(|e| match e {
+                KeyError::Unknown => AuthError::Invalid,
+                KeyError::Unavailable => AuthError::Unavailable,
+            })?;
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&self.settings.accepted_issuers);
+        validation.set_audience(&self.settings.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.settings.leeway.as_secs();
+        let claims = keys
+            .iter()
+            .find_map(|key| jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).ok())
+            .ok_or(AuthError::Invalid)?
+            .claims;
+        self.identity_from(&claims).map(|(identity, exp)| Verified {
+            identity: Arc::new(identity),
+            exp,
+        })
+    }
+
+    fn identity_from(&self, claims: &Map<String, Value>) -> Result<(Identity, u64), AuthError> {
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Invalid)?;
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or(AuthError::Invalid)?;
+        if let Some(domain) = &self.settings.hosted_domain {
+            let hd = claims.get("hd").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            if hd.as_deref() != Some(domain) {
+                return Err(AuthError::Invalid);
+            }
+        }
+        let mut identity = Identity::new(subject, Method::Jwt);
+        // An address counts only when the issuer says it verified it.
+        let verified = matches!(claims.get("email_verified"), Some(Value::Bool(true)))
+            || claims.get("email_verified").and_then(Value::as_str) == Some("true");
+        if verified {
+            identity.verified_email = claims.get("email").and_then(Value::as_str).map(str::to_ascii_lowercase);
+        }
+        identity.groups = match claims.get(&self.settings.groups_claim) {
+            Some(Value::Array(values)) => values.iter().filter_map(Value::as_str).map(String::from).collect(),
+            Some(Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        Ok((identity, exp))
+    }
+}
+
+/// Whether `token` has the shape of a JWS compact serialization (three base64url segments).
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = 0;
+    for part in token.split('.') {
+        parts += 1;
+        if part.is_empty()
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    parts == 3
+}
+
+/// The `iss` of a JWT before verification, only to route it to the authenticator of that issuer.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    if !looks_like_jwt(token) {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|c| c.iss)
+}
