@@ -75,6 +75,8 @@ pub struct UpstreamSettings {
     pub audience: Option<String>,
     pub params: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Fresh fetches allowed per rolling hour, for vendors that bill or cap tokens.
+    pub max_tokens_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -320,6 +322,7 @@ mod file {
         #[serde(default)]
         pub params: BTreeMap<String, String>,
         pub timeout: Option<DurationText>,
+        pub max_tokens_per_hour: Option<u32>,
     }
 
     /// A secret: a literal, `{ env = "NAME" }` or `{ file = "/path" }`.
@@ -647,6 +650,12 @@ impl file::Settings {
                 }
             }
             let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(5));
+            if raw.max_tokens_per_hour == Some(0) {
+                check.problem(
+                    key("max_tokens_per_hour"),
+                    "must be at least 1 (leave it out for no quota)",
+                );
+            }
             if let Some(token_url) = token_url {
                 upstreams.insert(
                     name.clone(),
@@ -660,6 +669,7 @@ impl file::Settings {
                         audience: raw.audience.clone(),
                         params: raw.params.clone(),
                         timeout,
+                        max_tokens_per_hour: raw.max_tokens_per_hour,
                     },
                 );
             }

@@ -1,5 +1,6 @@
 //! Builds the application from [`Settings`] and binds its listeners (port 0 in tests).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
@@ -15,23 +16,33 @@ use crate::policy::Policy;
 use crate::routes;
 use crate::settings::Settings;
 use crate::tokens::TokenCache;
-use crate::upstream::TokenClient;
+use crate::upstream::{TokenClient, Upstream};
 
 /// What every request handler shares.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub identity: Chain,
     pub policy: Policy,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub tokens: TokenCache,
 }
 
 impl AppState {
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
         let client = TokenClient::new(settings.cache.default_ttl);
+        let upstreams = settings
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| {
+                let upstream = Upstream::new(upstream.clone(), client.clone(), clock.clone());
+                (name.clone(), Arc::new(upstream))
+            })
+            .collect();
         Self {
             identity: Chain::new(&settings.authenticators, &clock),
             policy: Policy::new(settings.grants.clone()),
-            tokens: TokenCache::new(client, clock, settings.cache.max_entries, settings.cache.refresh_skew),
+            upstreams,
+            tokens: TokenCache::new(clock, settings.cache.max_entries, settings.cache.refresh_skew),
             settings: Arc::new(settings),
         }
     }

@@ -74,9 +74,10 @@ async fn scope_order_and_repetition_share_one_entry() {
 #[tokio::test]
 async fn a_failed_fetch_is_not_cached_and_the_next_request_retries() {
     let upstream = MockServer::start().await;
+    // Three 500s: the first request's attempt and both of its retries fail.
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500).set_body_string("<html>oops</html>"))
-        .up_to_n_times(1)
+        .up_to_n_times(3)
         .with_priority(1)
         .mount(&upstream)
         .await;
@@ -94,7 +95,7 @@ async fn a_failed_fetch_is_not_cached_and_the_next_request_retries() {
     let retried = app.get_token(ALICE_KEY, "triumph", None).await;
     assert_eq!(retried.status(), 200);
     assert_eq!(retried.json::<Value>().await.unwrap()["access_token"], "token-1");
-    assert_eq!(upstream_calls(&upstream).await, 2);
+    assert_eq!(upstream_calls(&upstream).await, 4);
 }
 
 #[tokio::test]
@@ -110,12 +111,13 @@ async fn a_short_lived_token_loses_a_quarter_of_its_life_and_is_fetched_again_af
     // skew = min(60 s, 3 s / 4) = 0.75 s, so at most 2.25 s are left to serve.
     assert!(first["expires_in"].as_u64().unwrap() <= 2, "{first}");
 
-    app.clock.advance(Duration::from_millis(2000));
+    // Before refresh-ahead starts (80% ± 5% of 2.25 s).
+    app.clock.advance(Duration::from_millis(1500));
     let still: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
     assert_eq!(still["access_token"], "token-1");
     assert_eq!(upstream_calls(&upstream).await, 1);
 
-    app.clock.advance(Duration::from_millis(300));
+    app.clock.advance(Duration::from_millis(800));
     let renewed: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
     assert_eq!(renewed["access_token"], "token-2");
     assert_eq!(upstream_calls(&upstream).await, 2);

@@ -79,7 +79,7 @@ async fn no_log_line_at_trace_level_holds_a_secret_key_or_token() {
     // The capture works: the broker's own lines are there.
     assert!(logs.contains("token served"), "nothing was captured");
     assert!(logs.contains(" TRACE "), "trace-level lines were captured");
-    assert!(logs.contains("token exchange failed"));
+    assert!(logs.contains("the token endpoint refused the broker's request"));
     assert!(logs.contains("invalid_client"), "the RFC 6749 error code is logged");
 
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();

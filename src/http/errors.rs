@@ -13,8 +13,8 @@ use crate::identity::AuthError;
 use crate::policy::Denied;
 use crate::upstream::UpstreamError;
 
-/// How long a browser should wait when the upstream gave no `Retry-After` of its own.
-const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a browser should wait when the identity provider cannot be reached.
+const AUTH_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -74,6 +74,14 @@ impl ApiError {
                     "upstream_unavailable",
                     "the token endpoint is rate-limiting; try again later".into(),
                 ),
+                UpstreamError::CircuitOpen { .. } => (
+                    "upstream_unavailable",
+                    "the token endpoint is failing and cooling down; try again later".into(),
+                ),
+                UpstreamError::QuotaExhausted { .. } => (
+                    "upstream_unavailable",
+                    "the hourly token quota for this upstream is used up; try again later".into(),
+                ),
                 UpstreamError::Refused { .. } => ("upstream_error", "the token endpoint refused the request".into()),
                 UpstreamError::InvalidResponse(_) => (
                     "upstream_error",
@@ -85,14 +93,8 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Unauthenticated(AuthError::Unavailable) => Some(DEFAULT_RETRY_AFTER),
-            Self::Upstream(error) => match error.as_ref() {
-                UpstreamError::Unreachable(_) => Some(DEFAULT_RETRY_AFTER),
-                UpstreamError::ServerError { retry_after, .. } | UpstreamError::RateLimited { retry_after } => {
-                    Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
-                }
-                _ => None,
-            },
+            Self::Unauthenticated(AuthError::Unavailable) => Some(AUTH_RETRY_AFTER),
+            Self::Upstream(error) => error.retry_after(),
             _ => None,
         }
     }
@@ -112,7 +114,9 @@ impl ResponseError for ApiError {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Unreachable(_)
                 | UpstreamError::ServerError { .. }
-                | UpstreamError::RateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                | UpstreamError::RateLimited { .. }
+                | UpstreamError::CircuitOpen { .. }
+                | UpstreamError::QuotaExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Refused { .. } | UpstreamError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
             },
         }

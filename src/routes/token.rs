@@ -11,22 +11,32 @@ use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
 use crate::startup::AppState;
+use crate::upstream::UpstreamError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/v1/token").wrap(no_store()).service(
-            web::resource("/{upstream}")
-                .route(web::get().to(get_token))
-                .route(web::post().to(post_token))
-                .default_service(web::to(method_not_allowed)),
-        ),
+        web::scope("/v1/token")
+            .wrap(no_store())
+            .service(
+                web::resource("/{upstream}")
+                    .route(web::get().to(get_token))
+                    .route(web::post().to(post_token))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{upstream}/refresh")
+                    .route(web::post().to(post_refresh))
+                    .default_service(web::to(method_not_allowed)),
+            ),
     );
 }
 
-/// The `scope` parameter, from the query or a form/JSON body; other fields are ignored.
+/// The `scope` parameter, from the query or a form/JSON body, and on the refresh route the
+/// `access_token` the API rejected; other fields are ignored.
 #[derive(Deserialize, Default)]
 struct ScopeParam {
     scope: Option<String>,
+    access_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -45,7 +55,7 @@ async fn get_token(
 ) -> Result<HttpResponse, ApiError> {
     let param: ScopeParam = serde_urlencoded::from_str(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("the query string could not be read".into()))?;
-    serve(&req, &upstream, Requested::Param(param), &state).await
+    serve(&req, &upstream, Requested::Param(param), Mode::Current, &state).await
 }
 
 async fn post_token(
@@ -54,7 +64,24 @@ async fn post_token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    serve(&req, &upstream, Requested::Body(payload), &state).await
+    serve(&req, &upstream, Requested::Body(payload), Mode::Current, &state).await
+}
+
+/// `POST /v1/token/{upstream}/refresh` with `{"access_token": "<rejected>"}`.
+async fn post_refresh(
+    req: HttpRequest,
+    upstream: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    serve(&req, &upstream, Requested::Body(payload), Mode::ReplaceRejected, &state).await
+}
+
+/// Whether the caller reports the current token as rejected by the API.
+#[derive(PartialEq, Eq)]
+enum Mode {
+    Current,
+    ReplaceRejected,
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -71,6 +98,7 @@ async fn serve(
     req: &HttpRequest,
     upstream_name: &str,
     requested: Requested,
+    mode: Mode,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let identity = state.identity.authenticate(req.headers()).await?;
@@ -78,11 +106,7 @@ async fn serve(
     if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
         return Err(ApiError::CsrfHeaderMissing);
     }
-    let upstream = state
-        .settings
-        .upstreams
-        .get(upstream_name)
-        .ok_or(ApiError::UnknownUpstream)?;
+    let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
     let param = match requested {
         Requested::Param(param) => param,
         Requested::Body(payload) => parse_body(
@@ -90,25 +114,30 @@ async fn serve(
             read_body(req, payload, state.settings.server.max_body_bytes).await?,
         )?,
     };
+    let rejected =
+        match mode {
+            Mode::Current => None,
+            Mode::ReplaceRejected => Some(param.access_token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+                ApiError::InvalidRequest("access_token, the token the API rejected, is required".into())
+            })?),
+        };
     let requested_scopes = requested_scopes(param)?;
-    let entitlement = state.policy.entitle(&identity, &upstream.name, requested_scopes)?;
+    let entitlement = state.policy.entitle(&identity, upstream.name(), requested_scopes)?;
 
-    let served = state
-        .tokens
-        .get(upstream, &entitlement.scopes)
-        .await
-        .inspect_err(|error| {
-            tracing::warn!(
-                upstream = %upstream.name,
-                error = %error,
-                oauth_error = error.oauth_error(),
-                "token exchange failed"
-            );
-        })?;
+    let served = match &rejected {
+        None => state.tokens.get(upstream, &entitlement.scopes).await,
+        Some(rejected) => {
+            state
+                .tokens
+                .replace_rejected(upstream, &entitlement.scopes, rejected)
+                .await
+        }
+    };
+    let served = served.inspect_err(|error| log_exchange_failure(upstream.name(), error))?;
     let token = served.token.access_token.expose_secret();
     tracing::info!(
         subject = %identity.subject,
-        upstream = %upstream.name,
+        upstream = %upstream.name(),
         scopes = %join_scopes(&entitlement.scopes),
         cache_hit = served.cache_hit,
         token_fingerprint = %fingerprint(token),
@@ -121,6 +150,20 @@ async fn serve(
         expires_at: served.expires_at,
         scope: &served.token.scope,
     }))
+}
+
+fn log_exchange_failure(upstream: &str, error: &UpstreamError) {
+    if matches!(error, UpstreamError::Refused { .. }) {
+        // A refusal means the broker's own configuration (secret, scopes) is wrong: an operator must act.
+        tracing::error!(
+            upstream,
+            error = %error,
+            oauth_error = error.oauth_error(),
+            "the token endpoint refused the broker's request"
+        );
+    } else {
+        tracing::warn!(upstream, error = %error, "token exchange failed");
+    }
 }
 
 fn requested_scopes(param: ScopeParam) -> Result<Option<ScopeSet>, ApiError> {

@@ -1,20 +1,35 @@
 //! The token cache: moka entries keyed by (upstream, sorted scopes), one upstream request for any
-//! number of concurrent misses, failures never cached, and each token served until
-//! `fetched + L − min(refresh_skew, L/4)` on a monotonic clock.
+//! number of concurrent misses, failures never cached, each token served until
+//! `fetched + L − min(refresh_skew, L/4)` on a monotonic clock, and refreshed ahead of that.
+//!
+//! Refresh-ahead: once 80% (±5%, so keys and replicas spread out) of a token's served life has
+//! passed, the next caller starts one background refresh and is answered with the current token at
+//! once. A failed refresh leaves the current token in service until its served life ends, and is
+//! tried again with backoff meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
-use secrecy::SecretString;
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 use crate::clock::SharedClock;
 use crate::policy::{join_scopes, ScopeSet};
-use crate::settings::UpstreamSettings;
-use crate::upstream::{FetchedToken, TokenClient, UpstreamError};
+use crate::upstream::{FetchedToken, Upstream, UpstreamError};
+
+/// The share of the served life after which a refresh starts, and its jitter.
+const REFRESH_AT: f64 = 0.80;
+const REFRESH_JITTER: f64 = 0.05;
+/// Pause after a failed refresh-ahead: doubling from the base, capped.
+const REFRESH_RETRY_BASE: Duration = Duration::from_secs(1);
+const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
+/// A token reported as rejected is replaced at most once per key in this interval.
+pub const REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One cache entry per upstream and set of scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,6 +47,16 @@ pub struct CachedToken {
     pub lifetime: Duration,
     /// After this instant the token is never handed out.
     pub serve_until: Instant,
+    /// From this instant on, the next caller starts a background refresh.
+    pub refresh_at: Instant,
+    refresh: Mutex<RefreshAhead>,
+}
+
+#[derive(Debug)]
+struct RefreshAhead {
+    in_flight: bool,
+    not_before: Instant,
+    failures: u32,
 }
 
 impl CachedToken {
@@ -39,17 +64,53 @@ impl CachedToken {
         let lifetime = fetched.lifetime;
         // A short-lived token loses at most a quarter of its life, so it still caches.
         let skew = refresh_skew.min(lifetime / 4);
+        let served_life = lifetime - skew;
+        let share = rand::rng().random_range(REFRESH_AT - REFRESH_JITTER..=REFRESH_AT + REFRESH_JITTER);
         Self {
             access_token: fetched.access_token,
             scope: fetched.scope.unwrap_or_else(|| join_scopes(requested)),
             fetched_at,
             lifetime,
-            serve_until: fetched_at + lifetime - skew,
+            serve_until: fetched_at + served_life,
+            refresh_at: fetched_at + served_life.mul_f64(share),
+            refresh: Mutex::new(RefreshAhead {
+                in_flight: false,
+                not_before: fetched_at,
+                failures: 0,
+            }),
         }
     }
 
     fn served_life(&self) -> Duration {
         self.serve_until.saturating_duration_since(self.fetched_at)
+    }
+
+    /// Claims the one background refresh of this token, if it is due and nobody has it.
+    fn claim_refresh(&self, now: Instant) -> bool {
+        let mut state = self.refresh.lock().expect("refresh lock");
+        if now < self.refresh_at || state.in_flight || now < state.not_before {
+            return false;
+        }
+        state.in_flight = true;
+        true
+    }
+
+    fn refresh_failed(&self, now: Instant) {
+        let mut state = self.refresh.lock().expect("refresh lock");
+        state.in_flight = false;
+        state.failures += 1;
+        let pause = REFRESH_RETRY_BASE
+            .saturating_mul(1 << (state.failures - 1).min(16))
+            .min(REFRESH_RETRY_CAP);
+        state.not_before = now + pause;
+    }
+
+    fn is(&self, token: &str) -> bool {
+        self.access_token
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(token.as_bytes())
+            .into()
     }
 }
 
@@ -72,32 +133,42 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
     fn expire_after_create(&self, _key: &CacheKey, value: &Arc<CachedToken>, _created_at: Instant) -> Option<Duration> {
         Some(value.served_life())
     }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedToken>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.served_life())
+    }
 }
 
+/// Cheap to clone: background refreshes hold a handle.
+#[derive(Clone)]
 pub struct TokenCache {
     entries: Cache<CacheKey, Arc<CachedToken>>,
-    client: TokenClient,
     clock: SharedClock,
     refresh_skew: Duration,
 }
 
 impl TokenCache {
-    pub fn new(client: TokenClient, clock: SharedClock, max_entries: u64, refresh_skew: Duration) -> Self {
+    pub fn new(clock: SharedClock, max_entries: u64, refresh_skew: Duration) -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(ServedLife)
                 .build(),
-            client,
             clock,
             refresh_skew,
         }
     }
 
     /// A servable token for `scopes` of `upstream`, from the cache or fetched once for all waiters.
-    pub async fn get(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
+    pub async fn get(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
         let key = CacheKey {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name().to_string(),
             scopes: scopes.clone(),
         };
         // Two rounds at most: a stale entry is dropped once, then a fresh token is fetched.
@@ -107,17 +178,15 @@ impl TokenCache {
                 .entries
                 .try_get_with(key.clone(), async {
                     fetched_here.store(true, Ordering::Relaxed);
-                    let fetched = self.client.fetch(upstream, scopes).await?;
-                    Ok::<_, UpstreamError>(Arc::new(CachedToken::new(
-                        fetched,
-                        scopes,
-                        self.clock.now(),
-                        self.refresh_skew,
-                    )))
+                    let fetched = upstream.fetch(scopes).await?;
+                    Ok::<_, UpstreamError>(Arc::new(self.cached(fetched, scopes)))
                 })
                 .await?;
             let now = self.clock.now();
             if token.serve_until > now {
+                if token.claim_refresh(now) {
+                    self.refresh_in_background(upstream.clone(), key, token.clone());
+                }
                 let expires_in = token.serve_until - now;
                 return Ok(Served {
                     expires_at: self.clock.unix_now() + expires_in.as_secs(),
@@ -131,6 +200,56 @@ impl TokenCache {
         Err(Arc::new(UpstreamError::InvalidResponse(
             "token expired as soon as it was fetched",
         )))
+    }
+
+    /// The browser says the API rejected `rejected`. When that is the cached token (and it was not
+    /// itself fetched in the last few seconds) it is replaced once, however many callers report
+    /// it; otherwise the current token is the answer.
+    pub async fn replace_rejected(
+        &self,
+        upstream: &Arc<Upstream>,
+        scopes: &ScopeSet,
+        rejected: &str,
+    ) -> Result<Served, Arc<UpstreamError>> {
+        let key = CacheKey {
+            upstream: upstream.name().to_string(),
+            scopes: scopes.clone(),
+        };
+        if let Some(current) = self.entries.get(&key).await {
+            let old_enough = self.clock.now().saturating_duration_since(current.fetched_at) >= REPLACE_INTERVAL;
+            if current.is(rejected) && old_enough {
+                tracing::info!(upstream = %upstream.name(), "replacing a token the API rejected");
+                self.remove_if_same(&key, &current).await;
+            }
+        }
+        self.get(upstream, scopes).await
+    }
+
+    fn cached(&self, fetched: FetchedToken, scopes: &ScopeSet) -> CachedToken {
+        CachedToken::new(fetched, scopes, self.clock.now(), self.refresh_skew)
+    }
+
+    /// Fetches a successor for `current` without anybody waiting on it. The upstream's guard
+    /// (circuit breaker, rate limit) decides whether it may be asked at all.
+    fn refresh_in_background(&self, upstream: Arc<Upstream>, key: CacheKey, current: Arc<CachedToken>) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            match upstream.fetch(&key.scopes).await {
+                Ok(fetched) => {
+                    let fresh = Arc::new(cache.cached(fetched, &key.scopes));
+                    cache.entries.insert(key, fresh).await;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        upstream = %upstream.name(),
+                        error = %error,
+                        oauth_error = error.oauth_error(),
+                        "refresh ahead of expiry failed; the current token stays in service"
+                    );
+                    current.refresh_failed(cache.clock.now());
+                }
+            }
+        });
     }
 
     /// Drops the entry for `key` only if it is still `stale`, so a fresher token fetched by

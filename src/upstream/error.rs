@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// How long a browser should wait when the upstream gave no `Retry-After` of its own.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// An RFC 6749 §5.2 `error` code, kept only when it is a plain token (safe to log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthErrorCode(String);
@@ -37,6 +40,12 @@ pub enum UpstreamError {
     /// 429: the endpoint asks us to slow down.
     #[error("the token endpoint is rate-limiting")]
     RateLimited { retry_after: Option<Duration> },
+    /// The circuit breaker is open: the upstream is cooling down after consecutive failures.
+    #[error("the circuit is open for a cool-down")]
+    CircuitOpen { retry_after: Duration },
+    /// `max_tokens_per_hour` is used up.
+    #[error("the hourly token quota is used up")]
+    QuotaExhausted { retry_after: Duration },
     /// A 4xx refusal, usually an RFC 6749 §5.2 error such as `invalid_client`.
     #[error("the token endpoint refused the request with {status} ({})", .error.as_ref().map_or("no error code", |e| e.as_str()))]
     Refused { status: u16, error: Option<OAuthErrorCode> },
@@ -46,6 +55,18 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// How long a browser should wait before asking again, when the upstream is only unavailable.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unreachable(_) => Some(DEFAULT_RETRY_AFTER),
+            Self::ServerError { retry_after, .. } | Self::RateLimited { retry_after } => {
+                Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
+            }
+            Self::CircuitOpen { retry_after } | Self::QuotaExhausted { retry_after } => Some(*retry_after),
+            Self::Timeout | Self::Refused { .. } | Self::InvalidResponse(_) => None,
+        }
+    }
+
     /// The RFC 6749 §5.2 code, for logs.
     pub fn oauth_error(&self) -> Option<&str> {
         match self {

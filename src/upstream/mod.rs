@@ -1,7 +1,10 @@
-//! The upstream token endpoint: the client-credentials request (RFC 6749 §4.4) and its errors.
+//! The upstream token endpoint: the client-credentials request (RFC 6749 §4.4), its errors, and
+//! the retries, circuit breaker and memory of refusals around it.
 
 mod client;
 mod error;
+mod resilient;
 
 pub use client::{FetchedToken, TokenClient};
 pub use error::{OAuthErrorCode, UpstreamError};
+pub use resilient::Upstream;

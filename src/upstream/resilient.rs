@@ -1,0 +1,222 @@
+//! One upstream as the cache sees it: the token request wrapped in what keeps an outage harmless
+//! to the upstream and short for the browser.
+//!
+//! - connect errors and 5xx are retried with exponential backoff and full jitter, all inside the
+//!   upstream's `timeout`, which bounds the whole exchange;
+//! - 429 stops all requests to the upstream until its `Retry-After` has passed;
+//! - a circuit breaker opens after consecutive failures for a growing, capped cool-down, then lets
+//!   one probe through;
+//! - refusals (`invalid_client`, other 4xx) are not retried and are remembered for a few seconds
+//!   per cache key, so a wrong secret does not hammer the upstream;
+//! - an optional `max_tokens_per_hour` quota refuses fresh fetches past it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::client::{FetchedToken, TokenClient};
+use super::error::UpstreamError;
+use crate::clock::SharedClock;
+use crate::policy::ScopeSet;
+use crate::settings::UpstreamSettings;
+
+/// Attempts per exchange for connect errors and 5xx, time permitting.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Backoff before retry n is uniformly random in [0, min(BASE · 2ⁿ, CAP)] ("full jitter").
+pub const RETRY_BASE: Duration = Duration::from_millis(100);
+pub const RETRY_CAP: Duration = Duration::from_secs(1);
+/// Consecutive failed exchanges that open the circuit.
+pub const BREAKER_THRESHOLD: u32 = 5;
+/// First cool-down of an open circuit; it doubles at each failed probe up to the cap.
+pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
+pub const BREAKER_COOL_DOWN_CAP: Duration = Duration::from_secs(60);
+/// How long a refusal (e.g. `invalid_client`) is answered from memory.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
+/// Used when a 429 carries no `Retry-After`.
+pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(5);
+const HOUR: Duration = Duration::from_secs(3600);
+
+pub struct Upstream {
+    pub settings: UpstreamSettings,
+    client: TokenClient,
+    clock: SharedClock,
+    guard: Mutex<Guard>,
+}
+
+#[derive(Default)]
+struct Guard {
+    consecutive_failures: u32,
+    /// Set while the circuit is open.
+    open_until: Option<Instant>,
+    cool_down: Duration,
+    /// When the probe in flight (half-open) started; everybody else is turned away meanwhile.
+    /// A probe abandoned by a cancelled request is forgotten after the upstream's timeout.
+    probing_since: Option<Instant>,
+    rate_limited_until: Option<Instant>,
+    refusals: HashMap<ScopeSet, (Instant, UpstreamError)>,
+    /// Fetch times of the last hour, for `max_tokens_per_hour`.
+    fetches: VecDeque<Instant>,
+}
+
+/// What the guard allows before an exchange.
+enum Admission {
+    Go { probe: bool },
+    Refuse(UpstreamError),
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings, client: TokenClient, clock: SharedClock) -> Self {
+        Self {
+            settings,
+            client,
+            clock,
+            guard: Mutex::new(Guard::default()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// A new token for `scopes`, unless the guard says the upstream must not be asked now.
+    pub async fn fetch(&self, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        let probe = match self.admit(scopes) {
+            Admission::Go { probe } => probe,
+            Admission::Refuse(error) => return Err(error),
+        };
+        let result = match tokio::time::timeout(self.settings.timeout, self.exchange_with_retries(scopes)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout),
+        };
+        self.record(scopes, &result, probe);
+        result
+    }
+
+    fn probe_in_flight(&self, guard: &Guard, now: Instant) -> bool {
+        guard
+            .probing_since
+            .is_some_and(|since| now.saturating_duration_since(since) < self.settings.timeout + Duration::from_secs(1))
+    }
+
+    fn admit(&self, scopes: &ScopeSet) -> Admission {
+        let now = self.clock.now();
+        let mut guard = self.guard.lock().expect("guard lock");
+        if let Some((until, error)) = guard.refusals.get(scopes) {
+            if now < *until {
+                return Admission::Refuse(error.clone());
+            }
+        }
+        if let Some(until) = guard.rate_limited_until.filter(|until| now < *until) {
+            return Admission::Refuse(UpstreamError::RateLimited {
+                retry_after: Some(until - now),
+            });
+        }
+        let mut probe = false;
+        if let Some(until) = guard.open_until {
+            if now < until || self.probe_in_flight(&guard, now) {
+                let wait = until.saturating_duration_since(now).max(Duration::from_secs(1));
+                return Admission::Refuse(UpstreamError::CircuitOpen { retry_after: wait });
+            }
+            guard.probing_since = Some(now);
+            probe = true;
+        }
+        if let Some(limit) = self.settings.max_tokens_per_hour {
+            while guard
+                .fetches
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) >= HOUR)
+            {
+                guard.fetches.pop_front();
+            }
+            if guard.fetches.len() >= limit as usize {
+                let oldest = *guard.fetches.front().expect("the quota is at least one");
+                if probe {
+                    guard.probing_since = None;
+                }
+                return Admission::Refuse(UpstreamError::QuotaExhausted {
+                    retry_after: (oldest + HOUR).saturating_duration_since(now),
+                });
+            }
+            guard.fetches.push_back(now);
+        }
+        Admission::Go { probe }
+    }
+
+    fn record(&self, scopes: &ScopeSet, result: &Result<FetchedToken, UpstreamError>, probe: bool) {
+        let now = self.clock.now();
+        let mut guard = self.guard.lock().expect("guard lock");
+        if probe {
+            guard.probing_since = None;
+        }
+        match result {
+            Ok(_) => {
+                guard.consecutive_failures = 0;
+                guard.open_until = None;
+                guard.cool_down = Duration::ZERO;
+                guard.refusals.remove(scopes);
+            }
+            Err(error @ UpstreamError::Refused { .. }) => {
+                guard.refusals.retain(|_, (until, _)| now < *until);
+                guard
+                    .refusals
+                    .insert(scopes.clone(), (now + REFUSAL_MEMORY, error.clone()));
+            }
+            Err(UpstreamError::RateLimited { retry_after }) => {
+                guard.rate_limited_until = Some(now + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+            }
+            Err(_) => {
+                guard.consecutive_failures += 1;
+                if probe || guard.consecutive_failures >= BREAKER_THRESHOLD {
+                    guard.cool_down = if guard.cool_down.is_zero() {
+                        BREAKER_COOL_DOWN
+                    } else {
+                        (guard.cool_down * 2).min(BREAKER_COOL_DOWN_CAP)
+                    };
+                    guard.open_until = Some(now + guard.cool_down);
+                    tracing::warn!(
+                        upstream = %self.settings.name,
+                        cool_down_secs = guard.cool_down.as_secs(),
+                        "circuit opened after consecutive failures"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn exchange_with_retries(&self, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.client.fetch(&self.settings, scopes).await;
+            match &result {
+                Err(UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }) if attempt < MAX_ATTEMPTS => {
+                    let pause = rand::rng().random_range(Duration::ZERO..=retry_ceiling(attempt));
+                    tracing::debug!(upstream = %self.settings.name, attempt, "retrying the token request");
+                    tokio::time::sleep(pause).await;
+                }
+                _ => return result,
+            }
+        }
+    }
+}
+
+/// The longest pause before retry `attempt` + 1: exponential, capped.
+fn retry_ceiling(attempt: u32) -> Duration {
+    RETRY_BASE.saturating_mul(1 << (attempt - 1).min(16)).min(RETRY_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_grow_exponentially_and_are_capped() {
+        assert_eq!(retry_ceiling(1), Duration::from_millis(100));
+        assert_eq!(retry_ceiling(2), Duration::from_millis(200));
+        assert_eq!(retry_ceiling(4), Duration::from_millis(800));
+        assert_eq!(retry_ceiling(5), Duration::from_secs(1));
+        assert_eq!(retry_ceiling(40), Duration::from_secs(1));
+    }
+}

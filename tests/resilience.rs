@@ -1,0 +1,476 @@
+//! The broker under a failing token endpoint: what the browser gets, what the upstream gets.
+
+mod helpers;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use helpers::rogue::{self, Misbehaviour};
+use helpers::*;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_string_contains, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn spawn(token_url: &str) -> TestApp {
+    TestApp::spawn(&config(token_url, "client_secret_post").replace("timeout = \"2s\"", "timeout = \"1s\"")).await
+}
+
+async fn app_with(upstream: &MockServer) -> TestApp {
+    spawn(&format!("{}/token", upstream.uri())).await
+}
+
+async fn status_and_error(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"].as_str().unwrap_or("").to_string())
+}
+
+/// Polls until the mock has seen `n` requests, for background work; bounded.
+async fn wait_for_calls(upstream: &MockServer, n: usize) {
+    for _ in 0..100 {
+        if upstream_calls(upstream).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the upstream saw {} requests, expected {n}",
+        upstream_calls(upstream).await
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_503_and_the_next_request_after_recovery_succeeds() {
+    for status in [500, 503] {
+        let upstream = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status).set_body_string("<html>down</html>"))
+            .mount(&upstream)
+            .await;
+        let app = app_with(&upstream).await;
+        let response = app.get_token(ALICE_KEY, "triumph", None).await;
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+        // Three attempts: the first and two retries with backoff, inside the timeout.
+        assert_eq!(upstream_calls(&upstream).await, 3);
+
+        upstream.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(IssueTokens::new(600))
+            .mount(&upstream)
+            .await;
+        let response = app.get_token(ALICE_KEY, "triumph", None).await;
+        assert_eq!(response.status(), 200, "after a {status}");
+    }
+}
+
+#[tokio::test]
+async fn refused_and_reset_connections_are_503() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("http://{}/token", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn(&refused_url).await;
+    assert_eq!(
+        status_and_error(app.get_token(ALICE_KEY, "triumph", None).await).await,
+        (503, "upstream_unavailable".into())
+    );
+
+    let reset = rogue::start(Misbehaviour::Reset).await;
+    let app = spawn(&reset.url).await;
+    assert_eq!(
+        status_and_error(app.get_token(ALICE_KEY, "triumph", None).await).await,
+        (503, "upstream_unavailable".into())
+    );
+    assert_eq!(reset.connections.load(Ordering::SeqCst), 3, "retried twice");
+}
+
+#[tokio::test]
+async fn headers_that_never_come_are_504_within_the_timeout_while_other_keys_are_served() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("scope=reports%3Awrite"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    assert_eq!(
+        app.get_token(ALICE_KEY, "triumph", Some("reports:read")).await.status(),
+        200
+    );
+
+    let started = Instant::now();
+    let slow = app.get_token(ALICE_KEY, "triumph", Some("reports:write"));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let began = Instant::now();
+        let response = app.get_token(ALICE_KEY, "triumph", Some("reports:read")).await;
+        (response.status(), began.elapsed())
+    };
+    let (slow, (other_status, other_took)) = tokio::join!(slow, other);
+    assert_eq!(other_status, 200);
+    assert!(other_took < Duration::from_millis(300), "{other_took:?}");
+    assert_eq!(status_and_error(slow).await, (504, "upstream_timeout".into()));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let rogue = rogue::start(Misbehaviour::NoHeaders).await;
+    let app = spawn(&rogue.url).await;
+    let started = Instant::now();
+    assert_eq!(
+        status_and_error(app.get_token(ALICE_KEY, "triumph", None).await)
+            .await
+            .0,
+        504
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn huge_and_endless_bodies_are_502_and_read_no_further_than_the_cap() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b' '; 50 * 1024 * 1024]))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    assert_eq!(
+        status_and_error(app.get_token(ALICE_KEY, "triumph", None).await).await,
+        (502, "upstream_error".into())
+    );
+
+    let endless = rogue::start(Misbehaviour::EndlessBody).await;
+    let app = spawn(&endless.url).await;
+    let started = Instant::now();
+    assert_eq!(
+        status_and_error(app.get_token(ALICE_KEY, "triumph", None).await).await,
+        (502, "upstream_error".into())
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The broker hung up after the 64 KiB cap; what else was written sat in socket buffers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = endless.bytes_sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "{sent} bytes were sent before the broker hung up"
+    );
+}
+
+#[tokio::test]
+async fn unusable_token_responses_are_502_and_odd_lifetimes_are_handled() {
+    let cases = [
+        (json!({"access_token": "t", "expires_in": -1}), 502),
+        (json!({"access_token": "t", "expires_in": 0}), 502),
+        (json!({"access_token": "t", "expires_in": 1e12}), 502),
+        (json!({"access_token": "t", "expires_in": null}), 200),
+        (json!({"access_token": "t", "expires_in": "3600"}), 200),
+        (json!({"expires_in": 3600}), 502),
+        (json!({"access_token": "t", "token_type": "DPoP"}), 502),
+    ];
+    for (body, status) in cases {
+        let upstream = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body.clone()))
+            .mount(&upstream)
+            .await;
+        let app = app_with(&upstream).await;
+        assert_eq!(
+            app.get_token(ALICE_KEY, "triumph", None).await.status(),
+            status,
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_upstream_until_retry_after_has_passed() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "2"))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    let response = app.get_token(ALICE_KEY, "triumph", None).await;
+    assert_eq!(response.headers()["retry-after"], "2");
+    assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+
+    upstream.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&upstream)
+        .await;
+    app.clock.advance(Duration::from_millis(1000));
+    let response = app.get_token(ALICE_KEY, "triumph", Some("reports:read")).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        upstream_calls(&upstream).await,
+        0,
+        "nothing reaches the upstream during Retry-After"
+    );
+
+    app.clock.advance(Duration::from_millis(1100));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    assert_eq!(upstream_calls(&upstream).await, 1);
+}
+
+#[tokio::test]
+async fn refresh_ahead_answers_at_once_and_swaps_the_token_in_the_background() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(100))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    // The refresh is slow, to show that nobody waits on it.
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "token-2", "token_type": "Bearer", "expires_in": 100}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    let first: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
+    assert_eq!(first["access_token"], "token-1");
+
+    // 100 s tokens are served for 75 s; 64 s is past 80% ± 5% of that.
+    app.clock.advance(Duration::from_secs(64));
+    let started = Instant::now();
+    let during: Vec<Value> = join_all((0..20).map(|_| async {
+        app.get_token(ALICE_KEY, "triumph", None)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    }))
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(during.iter().all(|b| b["access_token"] == "token-1"));
+
+    // The refresh answers after 500 ms; meanwhile callers keep getting token-1 at once.
+    let mut after = Value::Null;
+    for _ in 0..40 {
+        after = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
+        if after["access_token"] != "token-1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after["access_token"], "token-2");
+    assert!(
+        after["expires_in"].as_u64().unwrap() > 60,
+        "the fresh token's life: {after}"
+    );
+    assert_eq!(upstream_calls(&upstream).await, 2, "one refresh however many callers");
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(100))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+
+    app.clock.advance(Duration::from_secs(64));
+    let body: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
+    assert_eq!(body["access_token"], "token-1");
+    wait_for_calls(&upstream, 4).await;
+
+    app.clock.advance(Duration::from_secs(10));
+    let body: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
+    assert_eq!(body["access_token"], "token-1", "still within its served life");
+    assert!(body["expires_in"].as_u64().unwrap() <= 1);
+
+    app.clock.advance(Duration::from_secs(2));
+    let response = app.get_token(ALICE_KEY, "triumph", None).await;
+    assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+}
+
+#[tokio::test]
+async fn an_open_circuit_keeps_every_request_from_the_upstream() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    for _ in 0..5 {
+        assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 503);
+    }
+    let after_opening = upstream_calls(&upstream).await;
+    assert_eq!(after_opening, 15);
+    for scope in ["reports:read", "reports:write", "reports:read reports:write"] {
+        let response = app.get_token(ALICE_KEY, "triumph", Some(scope)).await;
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=5).contains(&retry_after), "{retry_after}");
+        assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+    }
+    assert_eq!(
+        upstream_calls(&upstream).await,
+        after_opening,
+        "nothing reaches the upstream while open"
+    );
+
+    // After the cool-down one probe goes through; it fails, and the circuit opens for longer.
+    app.clock.advance(Duration::from_secs(6));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 503);
+    assert_eq!(upstream_calls(&upstream).await, after_opening + 3);
+    app.clock.advance(Duration::from_secs(6));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 503);
+    assert_eq!(
+        upstream_calls(&upstream).await,
+        after_opening + 3,
+        "the second cool-down is 10 s"
+    );
+
+    upstream.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&upstream)
+        .await;
+    app.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        app.get_token(ALICE_KEY, "triumph", None).await.status(),
+        200,
+        "a good probe closes it"
+    );
+    assert_eq!(app.get_token(BOB_KEY, "triumph", None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_refusal_is_remembered_so_a_wrong_secret_does_not_hammer_the_upstream() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    for _ in 0..100 {
+        assert_eq!(
+            status_and_error(app.get_token(ALICE_KEY, "triumph", None).await).await,
+            (502, "upstream_error".into())
+        );
+    }
+    assert_eq!(
+        upstream_calls(&upstream).await,
+        1,
+        "refusals are neither retried nor repeated"
+    );
+    app.clock.advance(Duration::from_secs(11));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 502);
+    assert_eq!(upstream_calls(&upstream).await, 2);
+}
+
+#[tokio::test]
+async fn past_the_hourly_quota_cached_tokens_are_served_and_fresh_fetches_refused() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(3600))
+        .mount(&upstream)
+        .await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_tokens_per_hour = 2");
+    let app = TestApp::spawn(&toml).await;
+    assert_eq!(
+        app.get_token(ALICE_KEY, "triumph", Some("reports:read")).await.status(),
+        200
+    );
+    assert_eq!(
+        app.get_token(ALICE_KEY, "triumph", Some("reports:write"))
+            .await
+            .status(),
+        200
+    );
+    let third = app.get_token(ALICE_KEY, "triumph", None).await;
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(status_and_error(third).await, (503, "upstream_unavailable".into()));
+    assert_eq!(
+        app.get_token(ALICE_KEY, "triumph", Some("reports:read")).await.status(),
+        200
+    );
+    assert_eq!(upstream_calls(&upstream).await, 2);
+    app.clock.advance(Duration::from_secs(3601));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+}
+
+async fn report(app: &TestApp, key: &str, token: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/refresh", app.token_url("triumph")))
+        .header("X-API-Key", key)
+        .json(&json!({ "access_token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_replaced_once_however_many_callers_report_it() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(3600))
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    let first: Value = app.get_token(BOB_KEY, "triumph", None).await.json().await.unwrap();
+    assert_eq!(first["access_token"], "token-1");
+
+    // Reported within a few seconds of its fetch: kept.
+    let kept: Value = report(&app, BOB_KEY, "token-1").await.json().await.unwrap();
+    assert_eq!(kept["access_token"], "token-1");
+
+    app.clock.advance(Duration::from_secs(6));
+    let reports = join_all((0..20).map(|_| report(&app, BOB_KEY, "token-1"))).await;
+    for response in reports {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_eq!(response.json::<Value>().await.unwrap()["access_token"], "token-2");
+    }
+    assert_eq!(upstream_calls(&upstream).await, 2);
+
+    // A stale report of an older token gets the current one, and fetches nothing.
+    let stale: Value = report(&app, BOB_KEY, "token-1").await.json().await.unwrap();
+    assert_eq!(stale["access_token"], "token-2");
+    let unknown: Value = report(&app, BOB_KEY, "never-issued").await.json().await.unwrap();
+    assert_eq!(unknown["access_token"], "token-2");
+    assert_eq!(upstream_calls(&upstream).await, 2);
+
+    assert_eq!(report(&app, "wrong-key", "token-2").await.status(), 401);
+    assert_eq!(report(&app, CAROL_KEY, "token-2").await.status(), 403);
+    let missing = app
+        .http
+        .post(format!("{}/refresh", app.token_url("triumph")))
+        .header("X-API-Key", BOB_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_error(missing).await, (400, "invalid_request".into()));
+}
