@@ -5,6 +5,7 @@ pub mod clock;
 pub mod demo;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod routes;
 pub mod settings;

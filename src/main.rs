@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +33,11 @@ enum Command {
     Check,
     /// Read an API key on stdin and print the `sha256:<hex>` form for the configuration.
     HashKey,
+    /// Exit 0 when the admin listener answers 200 (for container health checks).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Run the broker with a stand-in token endpoint and a demo API key, on loopback.
     Demo {
         /// Public listener; a free port is chosen when this one is taken.
@@ -50,16 +55,17 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.config),
         Command::Check => check(cli.config),
         Command::HashKey => hash_key(),
+        Command::Healthcheck { url } => healthcheck(&url),
         Command::Demo { listen, admin_listen } => run_demo(listen, admin_listen),
     }
 }
 
-fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
+fn load(config: Option<&Path>) -> Result<Settings, ExitCode> {
     if config.is_none() {
         eprintln!("--config: no configuration file given (pass --config FILE or set TOKEN_BROKER_CONFIG)");
         return Err(ExitCode::from(2));
     }
-    Settings::load(config.as_deref(), &process_env()).map_err(|problems| {
+    Settings::load(config, &process_env()).map_err(|problems| {
         for problem in &problems.0 {
             eprintln!("{problem}");
         }
@@ -68,7 +74,7 @@ fn load(config: Option<PathBuf>) -> Result<Settings, ExitCode> {
 }
 
 fn serve(config: Option<PathBuf>) -> ExitCode {
-    let settings = match load(config) {
+    let settings = match load(config.as_deref()) {
         Ok(settings) => settings,
         Err(code) => {
             eprintln!("token-broker: invalid configuration, not starting");
@@ -77,14 +83,15 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     };
     telemetry::init(LogFormat::Json);
     run(async move {
-        let app = Application::build(settings)?;
+        let path = config.expect("load() refused a missing --config");
+        let app = Application::build(settings)?.reload_from(path, process_env());
         tracing::info!(listen = %app.address(), admin_listen = %app.admin_address(), "token-broker listening");
         app.run_until_stopped().await
     })
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    match load(config) {
+    match load(config.as_deref()) {
         Ok(settings) => {
             println!(
                 "configuration valid: {} upstream(s), {} authenticator(s), {} grant(s)",
@@ -111,6 +118,22 @@ fn hash_key() -> ExitCode {
     }
     println!("{}", identity::hash_key(key));
     ExitCode::SUCCESS
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    run(async move {
+        let response = reqwest::Client::new()
+            .get(url)
+            .timeout(std::time::Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("{url} answered {}", response.status())))
+        }
+    })
 }
 
 fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {

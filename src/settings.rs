@@ -47,6 +47,11 @@ pub struct ServerSettings {
     pub cors_allowed_origins: Vec<String>,
     pub csrf_header: HeaderName,
     pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Token-route requests per second per identity; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +82,19 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// Fresh fetches allowed per rolling hour, for vendors that bill or cap tokens.
     pub max_tokens_per_hour: Option<u32>,
+}
+
+impl UpstreamSettings {
+    /// Whether `other` asks the same token endpoint with the same credentials and parameters,
+    /// so that tokens cached under one are valid under the other.
+    pub fn same_credentials(&self, other: &Self) -> bool {
+        self.token_url == other.token_url
+            && self.client_id == other.client_id
+            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
+            && self.auth_method == other.auth_method
+            && self.audience == other.audience
+            && self.params == other.params
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +317,9 @@ mod file {
         pub cors_allowed_origins: Vec<String>,
         pub csrf_header: Option<String>,
         pub max_body_bytes: Option<usize>,
+        pub shutdown_grace: Option<DurationText>,
+        pub rate_limit_per_second: Option<u32>,
+        pub rate_limit_burst: Option<u32>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -584,6 +605,13 @@ impl file::Settings {
                 cors_allowed_origins,
                 csrf_header,
                 max_body_bytes,
+                shutdown_grace: check.duration(
+                    "server.shutdown_grace",
+                    s.shutdown_grace.as_ref(),
+                    Duration::from_secs(30),
+                ),
+                rate_limit_per_second: s.rate_limit_per_second.unwrap_or(100),
+                rate_limit_burst: s.rate_limit_burst.unwrap_or(1000),
             }
         };
 

@@ -1,51 +1,128 @@
-//! Builds the application from [`Settings`] and binds its listeners (port 0 in tests).
+//! Builds the application from [`Settings`], binds its listeners (port 0 in tests), reloads the
+//! configuration on SIGHUP and drains on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use tracing_actix_web::TracingLogger;
+use arc_swap::ArcSwap;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::http::cors::{self, CorsPolicy};
+use crate::http::forwarded::TrustedProxies;
+use crate::http::observe;
+use crate::http::rate_limit::IdentityRateLimit;
 use crate::identity::Chain;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::routes;
-use crate::settings::Settings;
+use crate::settings::{Env, Settings};
 use crate::tokens::TokenCache;
 use crate::upstream::{TokenClient, Upstream};
 
-/// What every request handler shares.
+/// What a configuration decides; built whole and swapped atomically on reload.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub identity: Chain,
     pub policy: Policy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub tokens: TokenCache,
+    pub cors: CorsPolicy,
+    pub trusted_proxies: TrustedProxies,
+    pub rate_limit: IdentityRateLimit,
 }
 
-impl AppState {
+/// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
+pub struct Broker {
+    state: ArcSwap<AppState>,
+    pub tokens: TokenCache,
+    pub metrics: Arc<Metrics>,
+    clock: SharedClock,
+    http: reqwest::Client,
+    draining: AtomicBool,
+}
+
+impl Broker {
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
-        let client = TokenClient::new(settings.cache.default_ttl);
-        let upstreams = settings
-            .upstreams
-            .iter()
-            .map(|(name, upstream)| {
-                let upstream = Upstream::new(upstream.clone(), client.clone(), clock.clone());
-                (name.clone(), Arc::new(upstream))
-            })
-            .collect();
+        let metrics = Arc::new(Metrics::new());
+        let http = TokenClient::http_client();
+        let tokens = TokenCache::new(clock.clone(), settings.cache.max_entries, settings.cache.refresh_skew);
+        let state = build_state(settings, &clock, &http, &metrics);
         Self {
-            identity: Chain::new(&settings.authenticators, &clock),
-            policy: Policy::new(settings.grants.clone()),
-            upstreams,
-            tokens: TokenCache::new(clock, settings.cache.max_entries, settings.cache.refresh_skew),
-            settings: Arc::new(settings),
+            state: ArcSwap::from_pointee(state),
+            tokens,
+            metrics,
+            clock,
+            http,
+            draining: AtomicBool::new(false),
         }
     }
+
+    /// The configuration in force; hold the `Arc` for the whole request.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.load_full()
+    }
+
+    /// Swaps in a new configuration. Tokens of upstreams whose endpoint or credentials changed, or
+    /// that were removed, are dropped; the others stay cached.
+    pub fn reload(&self, settings: Settings) {
+        let old = self.state();
+        for (name, before) in &old.settings.upstreams {
+            let unchanged = settings
+                .upstreams
+                .get(name)
+                .is_some_and(|after| after.same_credentials(before));
+            if !unchanged {
+                tracing::info!(upstream = %name, "credentials changed or upstream removed: dropping its cached tokens");
+                self.tokens.invalidate_upstream(name);
+            }
+        }
+        let needs_restart = old.settings.server.listen != settings.server.listen
+            || old.settings.server.admin_listen != settings.server.admin_listen
+            || old.settings.server.workers != settings.server.workers
+            || old.settings.cache.max_entries != settings.cache.max_entries;
+        if needs_restart {
+            tracing::warn!("listen addresses, workers and cache.max_entries take effect only after a restart");
+        }
+        self.tokens.set_refresh_skew(settings.cache.refresh_skew);
+        self.state
+            .store(Arc::new(build_state(settings, &self.clock, &self.http, &self.metrics)));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+fn build_state(settings: Settings, clock: &SharedClock, http: &reqwest::Client, metrics: &Arc<Metrics>) -> AppState {
+    let client = TokenClient::new(http.clone(), settings.cache.default_ttl);
+    let upstreams = settings
+        .upstreams
+        .iter()
+        .map(|(name, upstream)| {
+            let upstream = Upstream::new(upstream.clone(), client.clone(), clock.clone(), metrics.clone());
+            (name.clone(), Arc::new(upstream))
+        })
+        .collect();
+    AppState {
+        identity: Chain::new(&settings.authenticators, clock),
+        policy: Policy::new(settings.grants.clone()),
+        upstreams,
+        cors: CorsPolicy::new(&settings.server.cors_allowed_origins, &settings.server.csrf_header),
+        trusted_proxies: TrustedProxies::new(&settings.server.trusted_proxies),
+        rate_limit: IdentityRateLimit::new(settings.server.rate_limit_per_second, settings.server.rate_limit_burst),
+        settings: Arc::new(settings),
+    }
+}
+
+/// Where a reload reads the configuration from.
+struct ReloadSource {
+    path: PathBuf,
+    env: Env,
 }
 
 /// The running broker: the public listener and the admin listener.
@@ -54,6 +131,8 @@ pub struct Application {
     admin_address: SocketAddr,
     server: Server,
     admin: Server,
+    broker: web::Data<Broker>,
+    reload: Option<ReloadSource>,
 }
 
 impl Application {
@@ -71,34 +150,48 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let grace = settings.server.shutdown_grace.as_secs().max(1);
 
-        let cors = web::Data::new(CorsPolicy::new(
-            &settings.server.cors_allowed_origins,
-            &settings.server.csrf_header,
-        ));
-        let state = web::Data::new(AppState::new(settings, clock));
+        let broker = web::Data::new(Broker::new(settings, clock));
+        let public_broker = broker.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(cors::cors))
-                .wrap(TracingLogger::default())
-                .app_data(state.clone())
-                .app_data(cors.clone())
+                .wrap(from_fn(observe::observe))
+                .app_data(public_broker.clone())
                 .configure(routes::token::configure)
         })
         .workers(workers)
+        .shutdown_timeout(grace)
+        .disable_signals()
         .listen(listener)?
         .run();
-        let admin = HttpServer::new(|| App::new().configure(routes::admin::configure))
-            .workers(1)
-            .listen(admin_listener)?
-            .run();
+        let admin_broker = broker.clone();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_broker.clone())
+                .configure(routes::admin::configure)
+        })
+        .workers(1)
+        .shutdown_timeout(grace)
+        .disable_signals()
+        .listen(admin_listener)?
+        .run();
 
         Ok(Self {
             address,
             admin_address,
             server,
             admin,
+            broker,
+            reload: None,
         })
+    }
+
+    /// Re-read `path` (with `env`) on SIGHUP.
+    pub fn reload_from(mut self, path: PathBuf, env: Env) -> Self {
+        self.reload = Some(ReloadSource { path, env });
+        self
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -109,9 +202,56 @@ impl Application {
         self.admin_address
     }
 
-    /// Serves until a signal stops the servers (actix-web handles SIGINT and SIGTERM gracefully).
+    /// Serves until SIGTERM or SIGINT, then drains: `/readyz` answers 503, the public listener
+    /// stops accepting, requests in flight finish within `server.shutdown_grace`, and it returns.
+    /// SIGHUP reloads the configuration when a reload source is set.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        tokio::try_join!(self.server, self.admin).map(|_| ())
+        use tokio::signal::unix::{signal, SignalKind};
+        let public = self.server.handle();
+        let admin = self.admin.handle();
+        let mut server = tokio::spawn(self.server);
+        let admin_task = tokio::spawn(self.admin);
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => reload(&self.broker, self.reload.as_ref()),
+                ended = &mut server => {
+                    admin.stop(false).await;
+                    return ended.map_err(std::io::Error::other)?;
+                }
+            }
+        }
+        tracing::info!("draining: /readyz answers 503, finishing requests in flight");
+        self.broker.draining.store(true, Ordering::SeqCst);
+        public.stop(true).await;
+        let _ = server.await;
+        admin.stop(true).await;
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn reload(broker: &Broker, source: Option<&ReloadSource>) {
+    let Some(source) = source else {
+        tracing::warn!("SIGHUP ignored: no configuration file to reload");
+        return;
+    };
+    match Settings::load(Some(&source.path), &source.env) {
+        Ok(settings) => {
+            broker.reload(settings);
+            tracing::info!(config = %source.path.display(), "configuration reloaded");
+        }
+        Err(problems) => {
+            for problem in &problems.0 {
+                tracing::error!(key = %problem.key, problem = %problem.message, "configuration not reloaded");
+            }
+            tracing::error!("the new configuration is invalid; the running one stays in force");
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 
+use crate::startup::Broker;
+
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE: &str = "600";
 
@@ -38,10 +40,11 @@ pub async fn cors(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let policy = req
-        .app_data::<web::Data<CorsPolicy>>()
-        .expect("CorsPolicy is registered")
-        .clone();
+    let state = req
+        .app_data::<web::Data<Broker>>()
+        .expect("Broker is registered")
+        .state();
+    let policy = &state.cors;
     let allowed = policy.allowed(req.headers().get(header::ORIGIN)).cloned();
 
     let is_preflight =

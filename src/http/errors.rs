@@ -28,6 +28,8 @@ pub enum ApiError {
     AccessDenied(Denied),
     #[error("cookie-authenticated request without the CSRF header")]
     CsrfHeaderMissing,
+    #[error("over the request rate")]
+    RateLimited { retry_after: Duration },
     #[error("unknown upstream")]
     UnknownUpstream,
     #[error("method not allowed")]
@@ -62,6 +64,7 @@ impl ApiError {
                 "csrf_header_missing",
                 "cookie-authenticated requests must carry the CSRF header".into(),
             ),
+            Self::RateLimited { .. } => ("rate_limited", "too many requests; slow down".into()),
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::MethodNotAllowed => ("method_not_allowed", "use GET or POST".into()),
             Self::Upstream(error) => match error.as_ref() {
@@ -94,6 +97,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unauthenticated(AuthError::Unavailable) => Some(AUTH_RETRY_AFTER),
+            Self::RateLimited { retry_after } => Some(*retry_after),
             Self::Upstream(error) => error.retry_after(),
             _ => None,
         }
@@ -109,6 +113,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
             Self::UnknownUpstream => StatusCode::NOT_FOUND,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -142,7 +147,9 @@ impl ResponseError for ApiError {
             _ => {}
         }
         if let Some(after) = self.retry_after() {
-            response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+            // Whole seconds, rounded up: waiting less than asked would only be refused again.
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
         }
         response.json(ErrorBody {
             error,

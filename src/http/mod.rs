@@ -1,5 +1,9 @@
-//! HTTP concerns shared by the routes: errors as responses, CORS, and the headers every token answer carries.
+//! HTTP concerns shared by the routes: errors as responses, CORS, trusted proxies, request ids
+//! and access logs, the per-identity rate limit, and the headers every token answer carries.
 
 pub mod cors;
 pub mod errors;
+pub mod forwarded;
 pub mod headers;
+pub mod observe;
+pub mod rate_limit;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
-use crate::startup::AppState;
+use crate::startup::Broker;
 use crate::upstream::UpstreamError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -51,20 +51,20 @@ struct TokenBody<'a> {
 async fn get_token(
     req: HttpRequest,
     upstream: web::Path<String>,
-    state: web::Data<AppState>,
+    broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let param: ScopeParam = serde_urlencoded::from_str(req.query_string())
         .map_err(|_| ApiError::InvalidRequest("the query string could not be read".into()))?;
-    serve(&req, &upstream, Requested::Param(param), Mode::Current, &state).await
+    serve(&req, &upstream, Requested::Param(param), Mode::Current, &broker).await
 }
 
 async fn post_token(
     req: HttpRequest,
     upstream: web::Path<String>,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    serve(&req, &upstream, Requested::Body(payload), Mode::Current, &state).await
+    serve(&req, &upstream, Requested::Body(payload), Mode::Current, &broker).await
 }
 
 /// `POST /v1/token/{upstream}/refresh` with `{"access_token": "<rejected>"}`.
@@ -72,9 +72,16 @@ async fn post_refresh(
     req: HttpRequest,
     upstream: web::Path<String>,
     payload: web::Payload,
-    state: web::Data<AppState>,
+    broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    serve(&req, &upstream, Requested::Body(payload), Mode::ReplaceRejected, &state).await
+    serve(
+        &req,
+        &upstream,
+        Requested::Body(payload),
+        Mode::ReplaceRejected,
+        &broker,
+    )
+    .await
 }
 
 /// Whether the caller reports the current token as rejected by the API.
@@ -99,13 +106,18 @@ async fn serve(
     upstream_name: &str,
     requested: Requested,
     mode: Mode,
-    state: &AppState,
+    broker: &Broker,
 ) -> Result<HttpResponse, ApiError> {
+    let state = broker.state();
     let identity = state.identity.authenticate(req.headers()).await?;
     // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
     if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
         return Err(ApiError::CsrfHeaderMissing);
     }
+    state
+        .rate_limit
+        .check(&identity.subject)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
     let param = match requested {
         Requested::Param(param) => param,
@@ -125,9 +137,9 @@ async fn serve(
     let entitlement = state.policy.entitle(&identity, upstream.name(), requested_scopes)?;
 
     let served = match &rejected {
-        None => state.tokens.get(upstream, &entitlement.scopes).await,
+        None => broker.tokens.get(upstream, &entitlement.scopes).await,
         Some(rejected) => {
-            state
+            broker
                 .tokens
                 .replace_rejected(upstream, &entitlement.scopes, rejected)
                 .await
@@ -135,7 +147,9 @@ async fn serve(
     };
     let served = served.inspect_err(|error| log_exchange_failure(upstream.name(), error))?;
     let token = served.token.access_token.expose_secret();
+    broker.metrics.served(upstream.name(), served.cache_hit);
     tracing::info!(
+        target: "token_broker::audit",
         subject = %identity.subject,
         upstream = %upstream.name(),
         scopes = %join_scopes(&entitlement.scopes),

@@ -7,7 +7,7 @@
 //! once. A failed refresh leaves the current token in service until its served life ends, and is
 //! tried again with backoff meanwhile.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,8 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
 pub struct TokenCache {
     entries: Cache<CacheKey, Arc<CachedToken>>,
     clock: SharedClock,
-    refresh_skew: Duration,
+    /// Milliseconds; changes on reload.
+    refresh_skew_ms: Arc<AtomicU64>,
 }
 
 impl TokenCache {
@@ -159,9 +160,26 @@ impl TokenCache {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(ServedLife)
+                .support_invalidation_closures()
                 .build(),
             clock,
-            refresh_skew,
+            refresh_skew_ms: Arc::new(AtomicU64::new(refresh_skew.as_millis() as u64)),
+        }
+    }
+
+    /// Applies to tokens fetched from now on.
+    pub fn set_refresh_skew(&self, skew: Duration) {
+        self.refresh_skew_ms.store(skew.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops every cached token of `upstream` (its credentials changed).
+    pub fn invalidate_upstream(&self, upstream: &str) {
+        let upstream = upstream.to_string();
+        if let Err(e) = self
+            .entries
+            .invalidate_entries_if(move |key, _| key.upstream == upstream)
+        {
+            tracing::error!(error = %e, "could not drop cached tokens");
         }
     }
 
@@ -226,7 +244,8 @@ impl TokenCache {
     }
 
     fn cached(&self, fetched: FetchedToken, scopes: &ScopeSet) -> CachedToken {
-        CachedToken::new(fetched, scopes, self.clock.now(), self.refresh_skew)
+        let skew = Duration::from_millis(self.refresh_skew_ms.load(Ordering::Relaxed));
+        CachedToken::new(fetched, scopes, self.clock.now(), skew)
     }
 
     /// Fetches a successor for `current` without anybody waiting on it. The upstream's guard

@@ -33,26 +33,24 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
-    pub fn new(default_ttl: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// `http` should come from [`TokenClient::http_client`], shared by every upstream (one pool).
+    pub fn new(http: reqwest::Client, default_ttl: Duration) -> Self {
+        Self { http, default_ttl }
+    }
+
+    /// The HTTP client for token endpoints: no redirects, a connection pool kept warm.
+    pub fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .expect("the HTTP client's settings are static and valid");
-        Self { http, default_ttl }
+            .expect("the HTTP client's settings are static and valid")
     }
 
-    /// Asks `upstream` for a token with `scopes`; the whole exchange is bounded by its `timeout`.
+    /// One token request to `upstream` for `scopes`. The caller bounds it in time.
     pub async fn fetch(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
-        match tokio::time::timeout(upstream.timeout, self.exchange(upstream, scopes)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout),
-        }
-    }
-
-    async fn exchange(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
         let scope = join_scopes(scopes);
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if !scope.is_empty() {

@@ -67,6 +67,20 @@ impl UpstreamError {
         }
     }
 
+    /// The `outcome` label of `token_broker_upstream_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::ServerError { .. } => "server_error",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::QuotaExhausted { .. } => "quota_exhausted",
+            Self::Refused { .. } => "refused",
+            Self::InvalidResponse(_) => "invalid_response",
+        }
+    }
+
     /// The RFC 6749 §5.2 code, for logs.
     pub fn oauth_error(&self) -> Option<&str> {
         match self {

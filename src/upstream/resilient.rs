@@ -11,7 +11,7 @@
 //! - an optional `max_tokens_per_hour` quota refuses fresh fetches past it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -19,6 +19,7 @@ use rand::Rng;
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use crate::policy::ScopeSet;
 use crate::settings::UpstreamSettings;
 
@@ -42,6 +43,7 @@ pub struct Upstream {
     pub settings: UpstreamSettings,
     client: TokenClient,
     clock: SharedClock,
+    metrics: Arc<Metrics>,
     guard: Mutex<Guard>,
 }
 
@@ -67,11 +69,12 @@ enum Admission {
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings, client: TokenClient, clock: SharedClock) -> Self {
+    pub fn new(settings: UpstreamSettings, client: TokenClient, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
             client,
             clock,
+            metrics,
             guard: Mutex::new(Guard::default()),
         }
     }
@@ -88,7 +91,11 @@ impl Upstream {
         };
         let result = match tokio::time::timeout(self.settings.timeout, self.exchange_with_retries(scopes)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout),
+            Err(_) => {
+                // The attempt in flight was abandoned.
+                self.metrics.upstream_request(self.name(), "timeout", None);
+                Err(UpstreamError::Timeout)
+            }
         };
         self.record(scopes, &result, probe);
         result
@@ -189,7 +196,11 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = Instant::now();
             let result = self.client.fetch(&self.settings, scopes).await;
+            let outcome = result.as_ref().map_or_else(UpstreamError::outcome, |_| "success");
+            self.metrics
+                .upstream_request(self.name(), outcome, Some(started.elapsed()));
             match &result {
                 Err(UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }) if attempt < MAX_ATTEMPTS => {
                     let pause = rand::rng().random_range(Duration::ZERO..=retry_ceiling(attempt));

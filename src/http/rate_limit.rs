@@ -1,0 +1,58 @@
+//! A per-identity request rate on the token routes: a token bucket per subject (GCRA, `governor`).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Buckets are forgotten once full again; the sweep runs every this many checks.
+const SWEEP_EVERY: u64 = 10_000;
+
+pub struct IdentityRateLimit {
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+impl IdentityRateLimit {
+    /// `per_second` 0 turns the limit off.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            limiter,
+            checks: Default::default(),
+        }
+    }
+
+    /// `Err(wait)` when `subject` is over its rate.
+    pub fn check(&self, subject: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        let n = self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&subject.to_string())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_subject_waits_while_others_do_not() {
+        let limit = IdentityRateLimit::new(1, 3);
+        for _ in 0..3 {
+            assert!(limit.check("alice").is_ok());
+        }
+        let wait = limit.check("alice").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(limit.check("bob").is_ok());
+        assert!(IdentityRateLimit::new(0, 0).check("anyone").is_ok());
+    }
+}

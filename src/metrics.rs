@@ -1,0 +1,141 @@
+//! The broker's Prometheus metrics, one registry per application (no global state), served on the
+//! admin listener at `/metrics` in the OpenMetrics text format.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOutcome {
+    pub upstream: String,
+    pub outcome: &'static str,
+}
+
+type Durations = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RouteStatus, Counter>,
+    pub cache_hits: Family<UpstreamLabel, Counter>,
+    pub cache_misses: Family<UpstreamLabel, Counter>,
+    pub upstream_requests: Family<UpstreamOutcome, Counter>,
+    pub upstream_duration: Durations,
+    pub tokens_served: Family<UpstreamLabel, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms … 10 s: token endpoints answer in tens to hundreds of milliseconds.
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("token_broker");
+        let http_requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        let cache_hits = Family::default();
+        registry.register(
+            "cache_hits",
+            "Token requests answered from the cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Family::default();
+        registry.register(
+            "cache_misses",
+            "Token requests that started an upstream fetch",
+            cache_misses.clone(),
+        );
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Requests to token endpoints by outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration: Durations = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time token endpoints took to answer",
+            upstream_duration.clone(),
+        );
+        let tokens_served = Family::default();
+        registry.register("tokens_served", "Tokens handed to callers", tokens_served.clone());
+        Self {
+            registry,
+            http_requests,
+            cache_hits,
+            cache_misses,
+            upstream_requests,
+            upstream_duration,
+            tokens_served,
+        }
+    }
+
+    pub fn upstream_request(&self, upstream: &str, outcome: &'static str, took: Option<Duration>) {
+        self.upstream_requests
+            .get_or_create(&UpstreamOutcome {
+                upstream: upstream.to_string(),
+                outcome,
+            })
+            .inc();
+        if let Some(took) = took {
+            self.upstream_duration
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn served(&self, upstream: &str, cache_hit: bool) {
+        let label = UpstreamLabel {
+            upstream: upstream.to_string(),
+        };
+        if cache_hit {
+            self.cache_hits.get_or_create(&label).inc();
+        } else {
+            self.cache_misses.get_or_create(&label).inc();
+        }
+        self.tokens_served.get_or_create(&label).inc();
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
