@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub cors_allowed_origins: Vec<String>,
     pub csrf_header: HeaderName,
     pub max_body_bytes: usize,
+    /// Total size of the request headers; more is 431.
+    pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Token-route requests per second per identity; 0 turns the limit off.
@@ -317,6 +319,7 @@ mod file {
         pub cors_allowed_origins: Vec<String>,
         pub csrf_header: Option<String>,
         pub max_body_bytes: Option<usize>,
+        pub max_header_bytes: Option<usize>,
         pub shutdown_grace: Option<DurationText>,
         pub rate_limit_per_second: Option<u32>,
         pub rate_limit_burst: Option<u32>,
@@ -605,6 +608,7 @@ impl file::Settings {
                 cors_allowed_origins,
                 csrf_header,
                 max_body_bytes,
+                max_header_bytes: s.max_header_bytes.unwrap_or(32 * 1024),
                 shutdown_grace: check.duration(
                     "server.shutdown_grace",
                     s.shutdown_grace.as_ref(),

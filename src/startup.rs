@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use crate::clock::{SharedClock, SystemClock};
 use crate::http::cors::{self, CorsPolicy};
 use crate::http::forwarded::TrustedProxies;
-use crate::http::observe;
 use crate::http::rate_limit::IdentityRateLimit;
+use crate::http::{limits, observe};
 use crate::identity::Chain;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -157,6 +157,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(cors::cors))
+                .wrap(from_fn(limits::header_size))
                 .wrap(from_fn(observe::observe))
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)

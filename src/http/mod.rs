@@ -5,5 +5,6 @@ pub mod cors;
 pub mod errors;
 pub mod forwarded;
 pub mod headers;
+pub mod limits;
 pub mod observe;
 pub mod rate_limit;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod process;
 pub mod rogue;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

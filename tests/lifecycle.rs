@@ -1,0 +1,159 @@
+//! The binary under signals: SIGTERM drains, SIGHUP reloads (or keeps the running configuration
+//! when the new file is broken), and every stderr line is JSON without a secret in it.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use helpers::process::{write, BrokerProcess};
+use helpers::*;
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer};
+
+fn env_pairs() -> Vec<(&'static str, &'static str)> {
+    vec![("TRIUMPH_SECRET", CLIENT_SECRET)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits_0() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600).with_delay(Duration::from_millis(1500)))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("workers = 2", "workers = 2\nshutdown_grace = \"10s\"");
+    let path = write(dir.path(), "broker.toml", &toml);
+    let mut broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{}/readyz", broker.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let in_flight = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/v1/token/triumph", broker.base));
+        async move { http.get(url).header("X-API-Key", ALICE_KEY).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    broker.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = http.get(format!("{}/readyz", broker.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "draining");
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the request in flight completes");
+    let status = broker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_grant_and_keeps_the_old_configuration_when_the_new_file_is_broken() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post");
+    let path = write(dir.path(), "broker.toml", &toml);
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    let carol = || {
+        http.get(format!("{}/v1/token/triumph", broker.base))
+            .header("X-API-Key", CAROL_KEY)
+            .send()
+    };
+    assert_eq!(carol().await.unwrap().status(), 403);
+
+    write(
+        dir.path(),
+        "broker.toml",
+        &format!("{toml}\n[[grants]]\nsubjects = [\"carol\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n"),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    assert_eq!(
+        carol().await.unwrap().status(),
+        200,
+        "the new grant applies without a restart"
+    );
+
+    write(
+        dir.path(),
+        "broker.toml",
+        &toml.replace("token_url = \"http://127.0.0.1", "token_url = \"ftp://127.0.0.1"),
+    );
+    broker.signal("HUP");
+    let line = broker.wait_for_log("upstreams.triumph.token_url", Duration::from_secs(5));
+    assert!(line.contains("configuration not reloaded"), "{line}");
+    assert_eq!(carol().await.unwrap().status(), 200, "the running configuration stays");
+    assert_eq!(
+        http.get(format!("{}/readyz", broker.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_is_json_lines_with_an_audit_line_per_token_and_no_secrets_even_at_trace_level() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "canary-process-token", "token_type": "Bearer", "expires_in": 600,
+        })))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "broker.toml",
+        &config(&format!("{}/token", upstream.uri()), "client_secret_basic"),
+    );
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/v1/token/triumph", broker.base))
+        .header("X-API-Key", ALICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(response.status(), 200);
+    let audit = broker.wait_for_log("token served", Duration::from_secs(5));
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    assert_eq!(audit["subject"], "alice");
+    assert_eq!(audit["upstream"], "triumph");
+    assert_eq!(audit["scopes"], "reports:read reports:write");
+    assert_eq!(audit["cache_hit"], false);
+    assert_eq!(audit["token_fingerprint"].as_str().unwrap().len(), 12);
+    assert_eq!(audit["span"]["request_id"], request_id.as_str());
+    broker.wait_for_log("\"status\":200", Duration::from_secs(5));
+
+    let logs = broker.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("\"level\":\"TRACE\"")),
+        "trace level is on"
+    );
+    for line in &logs {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "not JSON: {line}");
+        for canary in [CLIENT_SECRET, ALICE_KEY, "canary-process-token"] {
+            assert!(!line.contains(canary), "a secret in: {line}");
+        }
+    }
+}
