@@ -1,0 +1,172 @@
+//! The shipped deploy/ files, exercised for real: Debian's nginx runs deploy/nginx's proxy settings
+//! in front of the broker, and systemd-analyze checks the unit. scripts/test installs both tools;
+//! these tests fail, rather than skip, without them.
+
+mod helpers;
+
+use std::net::{IpAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use helpers::process::{write, BrokerProcess};
+use helpers::*;
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tool(name: &str, candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| panic!("{name} is not installed: run scripts/test, which installs it"))
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    let analyze = tool("systemd-analyze", &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]);
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(format!("{ROOT}/deploy/systemd/token-broker.service")).unwrap();
+    // The unit names the installed path; point it at the binary under test.
+    let unit = unit.replace("/usr/local/bin/token-broker", env!("CARGO_BIN_EXE_token-broker"));
+    let path = write(dir.path(), "token-broker.service", &unit);
+    let output = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze warns: {stderr}");
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx on 127.0.0.2:`port` with the shipped proxy settings in front of `broker`.
+fn start_nginx(dir: &Path, broker: &str, port: u16) -> Nginx {
+    let nginx = tool("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]);
+    let as_root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0");
+    let d = dir.display();
+    let conf = format!(
+        r#"
+        {user}
+        worker_processes 1;
+        daemon off;
+        pid {d}/nginx.pid;
+        error_log {d}/error.log info;
+        events {{ worker_connections 64; }}
+        http {{
+            access_log off;
+            client_body_temp_path {d}/body;
+            proxy_temp_path {d}/proxy;
+            fastcgi_temp_path {d}/fastcgi;
+            uwsgi_temp_path {d}/uwsgi;
+            scgi_temp_path {d}/scgi;
+            upstream token_broker {{ server {broker}; keepalive 8; }}
+            server {{
+                listen 127.0.0.2:{port};
+                location /v1/ {{ include {ROOT}/deploy/nginx/token-broker-proxy.conf; }}
+                location / {{ return 404; }}
+            }}
+        }}
+        "#,
+        user = if as_root { "user root;" } else { "" },
+    );
+    let path = write(dir, "nginx.conf", &conf);
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let nginx = Nginx(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nginx
+}
+
+/// The `client_ip` the broker logged for the request whose answer carried `request_id`.
+fn logged_client(broker: &BrokerProcess, request_id: &str) -> String {
+    let line = broker.wait_for_log(&format!("\"request_id\":\"{request_id}\""), Duration::from_secs(5));
+    let json: Value = serde_json::from_str(&line).unwrap();
+    json["span"]["client_ip"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_store_survives() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("workers = 2", "workers = 2\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    let broker = BrokerProcess::start(
+        &write(dir.path(), "broker.toml", &toml),
+        &[("TRIUMPH_SECRET", CLIENT_SECRET)],
+    );
+    let nginx_port = free_port("127.0.0.2");
+    let _nginx = start_nginx(dir.path(), broker.base.trim_start_matches("http://"), nginx_port);
+
+    // The client talks from 127.0.0.3 and claims another address; nginx overwrites the claim.
+    let client_ip: IpAddr = "127.0.0.3".parse().unwrap();
+    let http = reqwest::Client::builder().local_address(client_ip).build().unwrap();
+    let via_nginx = http
+        .get(format!("http://127.0.0.2:{nginx_port}/v1/token/triumph"))
+        .header("X-API-Key", ALICE_KEY)
+        .header("X-Forwarded-For", "198.51.100.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_nginx.status(), 200);
+    assert_eq!(via_nginx.headers()["cache-control"], "no-store");
+    assert_eq!(via_nginx.headers()["pragma"], "no-cache");
+    let request_id = via_nginx.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(request_id.len(), 32, "nginx's $request_id was passed on: {request_id}");
+    assert_eq!(logged_client(&broker, &request_id), "127.0.0.3");
+
+    // The same header sent straight to the broker by an untrusted peer is ignored.
+    let direct = http
+        .get(format!("{}/v1/token/triumph", broker.base))
+        .header("X-API-Key", ALICE_KEY)
+        .header("X-Forwarded-For", "198.51.100.9")
+        .header("X-Request-Id", "chosen-by-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    let request_id = direct.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(request_id, "chosen-by-client");
+    assert_eq!(logged_client(&broker, &request_id), "127.0.0.3");
+
+    // The admin routes are not reachable through the proxy.
+    let admin = http
+        .get(format!("http://127.0.0.2:{nginx_port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 404);
+}
