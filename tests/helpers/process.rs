@@ -100,9 +100,22 @@ impl BrokerProcess {
 }
 
 impl Drop for BrokerProcess {
+    /// Every test that runs the binary (at trace level) also checks its logs for secrets.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        for line in self.logs() {
+            for canary in [super::CLIENT_SECRET, super::ALICE_KEY, super::BOB_KEY, super::CAROL_KEY] {
+                assert!(!line.contains(canary), "a secret or key in a log line: {line}");
+            }
+            let token = line
+                .match_indices("\"token-")
+                .any(|(i, m)| line[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()));
+            assert!(!token, "an access token in a log line: {line}");
+        }
     }
 }
 
