@@ -47,7 +47,7 @@ pub struct ServerSettings {
     pub cors_allowed_origins: Vec<String>,
     pub csrf_header: HeaderName,
     pub max_body_bytes: usize,
-    /// Total size of the request headers; more is 431.
+    /// Total size of the request headers; more is 431. 0 leaves only the HTTP server's own limits.
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
@@ -608,7 +608,7 @@ impl file::Settings {
                 cors_allowed_origins,
                 csrf_header,
                 max_body_bytes,
-                max_header_bytes: s.max_header_bytes.unwrap_or(32 * 1024),
+                max_header_bytes: s.max_header_bytes.unwrap_or(0),
                 shutdown_grace: check.duration(
                     "server.shutdown_grace",
                     s.shutdown_grace.as_ref(),

@@ -1,5 +1,6 @@
-//! Request header size limit: the HTTP server already refuses more than 96 headers or 128 KiB;
-//! this lowers the total to `server.max_header_bytes` (431, RFC 6585 §5).
+//! Request header size limit: the HTTP server already refuses more than 96 headers, or headers it
+//! cannot parse within 128 KiB of buffered data; `server.max_header_bytes` (0 = off) lowers the
+//! total further (431, RFC 6585 §5).
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -20,6 +21,9 @@ pub async fn header_size(
         .settings
         .server
         .max_header_bytes;
+    if limit == 0 {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let total: usize = req
         .headers()
         .iter()
