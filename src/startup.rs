@@ -161,6 +161,7 @@ impl Application {
                 .wrap(from_fn(observe::observe))
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)
+                .configure(routes::client_js::configure)
         })
         .workers(workers)
         .shutdown_timeout(grace)

@@ -130,3 +130,30 @@ async fn look_alike_origins_get_no_allow_origin() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_browser_client_module_is_served_as_javascript_to_allowed_origins() {
+    let (app, _upstream) = app().await;
+    let response = app
+        .http
+        .get(format!("{}/v1/access-token-provider.js", app.base))
+        .header("origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_allowed(&response, ALLOWED);
+    assert_eq!(response.headers()["content-type"], "text/javascript; charset=utf-8");
+    let body = response.text().await.unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/client/access-token-provider.js")).unwrap();
+    assert_eq!(body, shipped);
+    let other = app
+        .http
+        .get(format!("{}/v1/access-token-provider.js", app.base))
+        .header("origin", "https://evil.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}

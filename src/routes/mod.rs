@@ -1,4 +1,5 @@
 //! The HTTP routes of the public and admin listeners.
 
 pub mod admin;
+pub mod client_js;
 pub mod token;

@@ -1,0 +1,178 @@
+// token-broker browser client: a dependency-free ES module, served by the broker at
+// /v1/access-token-provider.js.
+//
+//   import { createAccessTokenProvider } from "https://broker.example.com/v1/access-token-provider.js";
+//   const accessTokenProvider = createAccessTokenProvider({ url: "https://broker.example.com/v1/token/triumph" });
+//   await accessTokenProvider(); // "Bearer eyJ…"
+//
+// The token lives in this closure only: never in localStorage, sessionStorage or a cookie.
+
+/**
+ * @typedef {Object} AccessTokenProviderOptions
+ * @property {string} url The broker's token route, e.g. "https://broker.example.com/v1/token/triumph".
+ * @property {string} [scope] Space-separated scopes to ask for; without it, the caller's whole grant.
+ * @property {RequestCredentials} [credentials] Sent to fetch(): "include" to send the broker's cookies
+ *   from another origin. Default "same-origin".
+ * @property {Record<string,string> | (() => Record<string,string> | Promise<Record<string,string>>)} [headers]
+ *   Extra request headers, e.g. `() => ({ Authorization: \`Bearer ${idToken}\` })`.
+ * @property {string} [csrfHeader] The CSRF header the broker requires on cookie requests. Default "X-Requested-With".
+ * @property {number} [maxRetries] How many times a 503/429 with Retry-After is retried. Default 3.
+ * @property {number} [maxRetryDelaySeconds] Longest Retry-After honoured. Default 30.
+ * @property {typeof fetch} [fetch] A fetch implementation, for tests. Default globalThis.fetch.
+ */
+
+/**
+ * An Error from the broker, with the HTTP status and the broker's `error` code.
+ */
+export class TokenBrokerError extends Error {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {string} error
+   */
+  constructor(message, status, error) {
+    super(message);
+    this.name = "TokenBrokerError";
+    /** @type {number} */
+    this.status = status;
+    /** @type {string} */
+    this.error = error;
+  }
+}
+
+/** Seconds taken off a token's remaining life, so it is never used at the very edge of it. */
+const MARGIN_SECONDS = 10;
+const MARGIN_SHARE = 0.1;
+
+/**
+ * Creates the `accessTokenProvider` callback a bundle asks for.
+ * It resolves to "Bearer <token>", reuses the token until shortly before its `expires_in` runs out,
+ * shares one request among concurrent callers, sends the CSRF header, honours Retry-After on 503
+ * (and 429), and rejects with a {@link TokenBrokerError} carrying `status` and `error` otherwise.
+ *
+ * @param {AccessTokenProviderOptions} options
+ * @returns {(() => Promise<string>) & { invalidate: () => void, reportRejected: () => Promise<string> }}
+ */
+export function createAccessTokenProvider(options) {
+  if (!options || typeof options.url !== "string" || options.url === "") {
+    throw new TypeError("createAccessTokenProvider: `url` is required");
+  }
+  const {
+    url,
+    scope,
+    credentials = "same-origin",
+    headers,
+    csrfHeader = "X-Requested-With",
+    maxRetries = 3,
+    maxRetryDelaySeconds = 30,
+  } = options;
+  const fetchImpl = options.fetch || globalThis.fetch.bind(globalThis);
+
+  /** @type {string | null} */
+  let token = null;
+  let reuseUntil = 0;
+  /** @type {Promise<string> | null} */
+  let inflight = null;
+
+  const now = () => (globalThis.performance ? performance.now() : Date.now());
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function requestHeaders(json) {
+    const extra = typeof headers === "function" ? await headers() : headers || {};
+    const base = { Accept: "application/json", [csrfHeader]: "token-broker" };
+    if (json) base["Content-Type"] = "application/json";
+    return { ...base, ...extra };
+  }
+
+  function retryDelayMs(response) {
+    const value = response.headers.get("Retry-After");
+    if (!value) return 1000;
+    const seconds = /^\d+$/.test(value.trim())
+      ? Number(value)
+      : Math.max(0, (Date.parse(value) - Date.now()) / 1000);
+    return Math.min(Number.isFinite(seconds) ? seconds : 1, maxRetryDelaySeconds) * 1000;
+  }
+
+  /** @param {() => Promise<Response>} send */
+  async function exchange(send) {
+    for (let attempt = 0; ; attempt += 1) {
+      const response = await send();
+      if ((response.status === 503 || response.status === 429) && attempt < maxRetries) {
+        await sleep(retryDelayMs(response));
+        continue;
+      }
+      let body = {};
+      try {
+        body = await response.json();
+      } catch {
+        body = {};
+      }
+      if (!response.ok) {
+        throw new TokenBrokerError(
+          body.error_description || `token-broker answered ${response.status}`,
+          response.status,
+          body.error || "http_error",
+        );
+      }
+      if (typeof body.access_token !== "string" || body.access_token === "") {
+        throw new TokenBrokerError("token-broker answered without an access_token", response.status, "invalid_response");
+      }
+      const life = Math.max(0, Number(body.expires_in) || 0);
+      token = body.access_token;
+      reuseUntil = now() + Math.max(0, life - Math.min(MARGIN_SECONDS, life * MARGIN_SHARE)) * 1000;
+      return token;
+    }
+  }
+
+  function fetchToken() {
+    const target = scope ? `${url}${url.includes("?") ? "&" : "?"}scope=${encodeURIComponent(scope)}` : url;
+    return exchange(async () =>
+      fetchImpl(target, { method: "GET", credentials, cache: "no-store", headers: await requestHeaders(false) }),
+    );
+  }
+
+  function shared(start) {
+    if (!inflight) {
+      inflight = start().finally(() => {
+        inflight = null;
+      });
+    }
+    return inflight;
+  }
+
+  async function accessTokenProvider() {
+    if (token !== null && now() < reuseUntil) return `Bearer ${token}`;
+    return `Bearer ${await shared(fetchToken)}`;
+  }
+
+  /** Forgets the token; the next call fetches one. */
+  accessTokenProvider.invalidate = () => {
+    token = null;
+    reuseUntil = 0;
+  };
+
+  /**
+   * Tells the broker the API rejected the current token; resolves to the replacement.
+   * @returns {Promise<string>}
+   */
+  accessTokenProvider.reportRejected = async () => {
+    const rejected = token;
+    accessTokenProvider.invalidate();
+    if (rejected === null) return accessTokenProvider();
+    const body = JSON.stringify(scope ? { access_token: rejected, scope } : { access_token: rejected });
+    const fresh = await shared(() =>
+      exchange(async () =>
+        fetchImpl(`${url}/refresh`, {
+          method: "POST",
+          credentials,
+          cache: "no-store",
+          headers: await requestHeaders(true),
+          body,
+        }),
+      ),
+    );
+    return `Bearer ${fresh}`;
+  };
+
+  return accessTokenProvider;
+}

@@ -1,0 +1,28 @@
+//! `GET /v1/access-token-provider.js`: the browser client, embedded in the binary. A page on
+//! another origin imports it as a module, which is a CORS request: the CORS middleware answers it.
+
+use actix_web::{web, HttpResponse};
+
+const MODULE: &str = include_str!("../../client/access-token-provider.js");
+const DECLARATIONS: &str = include_str!("../../client/access-token-provider.d.ts");
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/access-token-provider.js", web::get().to(module))
+        .route("/v1/access-token-provider.d.ts", web::get().to(declarations));
+}
+
+fn static_text(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("Cache-Control", "public, max-age=300"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(body)
+}
+
+async fn module() -> HttpResponse {
+    static_text("text/javascript; charset=utf-8", MODULE)
+}
+
+async fn declarations() -> HttpResponse {
+    static_text("application/typescript; charset=utf-8", DECLARATIONS)
+}

@@ -1,0 +1,318 @@
+// access-token-provider.js in a real browser: Debian's Chromium driven by playwright-core.
+// A page is served from one loopback origin, the broker from another (that origin allowed by
+// CORS), a session cookie or an API key authenticates. Run by tests/browser.rs, which passes the
+// broker binary in TOKEN_BROKER_BIN.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const moduleSource = readFileSync(path.join(here, "../../client/access-token-provider.js"), "utf8");
+const API_KEY = "browser-test-key";
+const API_KEY_HASH = "sha256:" + (await import("node:crypto")).createHash("sha256").update(API_KEY).digest("hex");
+
+/** Starts an HTTP server on a free loopback port. */
+function serve(handler) {
+  return new Promise((resolve) => {
+    const server = http.createServer(handler);
+    server.listen(0, "127.0.0.1", () => resolve({ server, origin: `http://127.0.0.1:${server.address().port}` }));
+  });
+}
+
+function readBody(req) {
+  return new Promise((resolve) => {
+    let data = "";
+    req.on("data", (c) => (data += c));
+    req.on("end", () => resolve(data));
+  });
+}
+
+// The vendor: a token endpoint that counts what it issues, and an API that accepts only those tokens.
+const issued = new Set();
+let tokenRequests = 0;
+let rateLimitNext = false;
+let pageOrigin = "";
+
+const vendor = await serve(async (req, res) => {
+  if (req.method === "POST" && req.url === "/token") {
+    const form = new URLSearchParams(await readBody(req));
+    tokenRequests += 1;
+    if (rateLimitNext) {
+      rateLimitNext = false;
+      res.writeHead(429, { "Retry-After": "1" }).end();
+      return;
+    }
+    const token = `vendor-token-${tokenRequests}`;
+    issued.add(token);
+    const scope = form.get("scope") || "";
+    const expires_in = scope.includes("short") ? 4 : 3600;
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ access_token: token, token_type: "Bearer", expires_in, scope }));
+    return;
+  }
+  if (req.url === "/api/data") {
+    const cors = { "Access-Control-Allow-Origin": pageOrigin, "Access-Control-Allow-Headers": "Authorization" };
+    if (req.method === "OPTIONS") return res.writeHead(204, cors).end();
+    const auth = req.headers.authorization || "";
+    const ok = auth.startsWith("Bearer ") && issued.has(auth.slice(7));
+    res.writeHead(ok ? 200 : 401, { ...cors, "Content-Type": "application/json" });
+    return res.end(JSON.stringify({ ok }));
+  }
+  res.writeHead(404).end();
+});
+
+// The app's session endpoint, for forward-auth.
+const sessions = await serve((req, res) => {
+  const cookie = req.headers.cookie || "";
+  if (cookie.includes("app_session=good")) {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ sub: "browser-user" }));
+  } else {
+    res.writeHead(401).end();
+  }
+});
+
+// Two page origins: A is allowed by the broker's CORS list, B is not. B serves its own copy of the
+// module, since it may not import the broker's.
+const page = (req, res) => {
+  if (req.url === "/module.js") {
+    res.writeHead(200, { "Content-Type": "text/javascript" });
+    return res.end(moduleSource);
+  }
+  res.writeHead(200, { "Content-Type": "text/html" });
+  res.end("<!doctype html><title>app</title><p>app</p>");
+};
+const pageA = await serve(page);
+const pageB = await serve(page);
+pageOrigin = pageA.origin;
+
+let broker;
+let brokerUrl;
+let adminUrl;
+let browser;
+let context;
+
+function startBroker() {
+  const dir = mkdtempSync(path.join(tmpdir(), "tb-browser-"));
+  const config = `
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 1
+cors_allowed_origins = ["${pageA.origin}"]
+
+[upstreams.vendor]
+token_url = "${vendor.origin}/token"
+client_id = "browser-client"
+client_secret = "browser-secret"
+scopes = ["a", "b", "c", "short", "flaky", "store", "cross"]
+
+[[authenticators]]
+type = "forward"
+url = "${sessions.origin}/session"
+forward_cookies = ["app_session"]
+
+[[authenticators]]
+type = "api_key"
+keys = [{ id = "k", hash = "${API_KEY_HASH}", subject = "browser-user" }]
+
+[[grants]]
+subjects = ["browser-user"]
+upstreams = { vendor = ["a", "b", "c", "short", "flaky", "store", "cross"] }
+`;
+  const file = path.join(dir, "broker.toml");
+  writeFileSync(file, config);
+  const child = spawn(process.env.TOKEN_BROKER_BIN, ["serve", "--config", file], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, RUST_LOG: "info" },
+  });
+  return new Promise((resolve, reject) => {
+    let buffered = "";
+    child.stderr.on("data", (chunk) => {
+      buffered += chunk;
+      for (const line of buffered.split("\n")) {
+        if (line.includes("token-broker listening")) {
+          const json = JSON.parse(line);
+          resolve({ child, url: `http://${json.listen}`, admin: `http://${json.admin_listen}` });
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`the broker exited with ${code}: ${buffered}`)));
+  });
+}
+
+/** Token requests the broker has answered (CORS preflights aside), by its own metrics. */
+async function brokerTokenRequests() {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith('token_broker_http_requests_total{route="/v1/token/{upstream}"'))
+    .filter((l) => !l.includes('status="204"'))
+    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+}
+
+async function openPage(origin) {
+  const tab = await context.newPage();
+  await tab.goto(`${origin}/index.html`);
+  return tab;
+}
+
+before(async () => {
+  ({ child: broker, url: brokerUrl, admin: adminUrl } = await startBroker());
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  context = await browser.newContext();
+  // The app's session cookie, set for the broker's host (cookies do not care about ports).
+  await context.addCookies([{ name: "app_session", value: "good", domain: "127.0.0.1", path: "/" }]);
+});
+
+after(async () => {
+  await browser?.close();
+  broker?.kill("SIGTERM");
+  for (const s of [vendor, sessions, pageA, pageB]) s.server.close();
+});
+
+test("the provider resolves to 'Bearer <token>' and the token works at the API", async () => {
+  const tab = await openPage(pageA.origin);
+  const result = await tab.evaluate(
+    async ({ brokerUrl, vendorUrl }) => {
+      const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+      const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "a", credentials: "include" });
+      const authorization = await provider();
+      const api = await fetch(`${vendorUrl}/api/data`, { headers: { Authorization: authorization } });
+      return { authorization, apiStatus: api.status };
+    },
+    { brokerUrl, vendorUrl: vendor.origin },
+  );
+  assert.match(result.authorization, /^Bearer vendor-token-\d+$/);
+  assert.equal(result.apiStatus, 200);
+  await tab.close();
+});
+
+test("ten concurrent calls make one request to the broker, and later calls none", async () => {
+  const tab = await openPage(pageA.origin);
+  const before = await brokerTokenRequests();
+  const values = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "b", credentials: "include" });
+    const first = await Promise.all(Array.from({ length: 10 }, () => provider()));
+    const later = [];
+    for (let i = 0; i < 5; i += 1) later.push(await provider());
+    return [...first, ...later];
+  }, brokerUrl);
+  assert.equal(new Set(values).size, 1);
+  assert.equal((await brokerTokenRequests()) - before, 1);
+  await tab.close();
+});
+
+test("after the token's served life the provider fetches again", async () => {
+  const tab = await openPage(pageA.origin);
+  const before = await brokerTokenRequests();
+  const [first, again, later] = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "short", credentials: "include" });
+    const first = await provider();
+    const again = await provider();
+    // 4 s tokens are served by the broker for 3 s.
+    await new Promise((r) => setTimeout(r, 3200));
+    return [first, again, await provider()];
+  }, brokerUrl);
+  assert.equal(first, again);
+  assert.notEqual(later, first);
+  assert.equal((await brokerTokenRequests()) - before, 2);
+  await tab.close();
+});
+
+test("401 rejects with status and error; 503 with Retry-After: 1 is retried after about a second", async () => {
+  const tab = await openPage(pageA.origin);
+  const refused = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({
+      url: `${brokerUrl}/v1/token/vendor`,
+      credentials: "omit",
+      headers: () => ({ "X-API-Key": "wrong-key" }),
+    });
+    try {
+      await provider();
+      return { resolved: true };
+    } catch (e) {
+      return { status: e.status, error: e.error, name: e.name };
+    }
+  }, brokerUrl);
+  assert.deepEqual(refused, { status: 401, error: "unauthenticated", name: "TokenBrokerError" });
+
+  rateLimitNext = true;
+  const retried = await tab.evaluate(async ({ brokerUrl, apiKey }) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({
+      url: `${brokerUrl}/v1/token/vendor`,
+      scope: "flaky",
+      credentials: "omit",
+      headers: { "X-API-Key": apiKey },
+    });
+    const started = performance.now();
+    const authorization = await provider();
+    return { authorization, waited: performance.now() - started };
+  }, { brokerUrl, apiKey: API_KEY });
+  assert.match(retried.authorization, /^Bearer vendor-token-\d+$/);
+  assert.ok(retried.waited >= 900 && retried.waited < 5000, `waited ${retried.waited} ms`);
+  await tab.close();
+});
+
+test("nothing lands in localStorage, sessionStorage or document.cookie", async () => {
+  const tab = await openPage(pageA.origin);
+  const seen = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "store", credentials: "include" });
+    const token = (await provider()).slice("Bearer ".length);
+    const dump = [JSON.stringify({ ...localStorage }), JSON.stringify({ ...sessionStorage }), document.cookie];
+    return { token, leaked: dump.some((text) => text.includes(token)), storage: localStorage.length + sessionStorage.length };
+  }, brokerUrl);
+  assert.ok(seen.token.startsWith("vendor-token-"));
+  assert.equal(seen.leaked, false);
+  assert.equal(seen.storage, 0);
+  const cookies = await context.cookies();
+  assert.ok(cookies.every((c) => !c.value.includes(seen.token)));
+  await tab.close();
+});
+
+test("a page from an origin that is not allowed cannot read a token", async () => {
+  const tab = await openPage(pageB.origin);
+  const outcome = await tab.evaluate(async (brokerUrl) => {
+    let importBlocked = false;
+    try {
+      await import(`${brokerUrl}/v1/access-token-provider.js`);
+    } catch {
+      importBlocked = true;
+    }
+    const { createAccessTokenProvider } = await import("/module.js");
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "cross", credentials: "include", maxRetries: 0 });
+    try {
+      return { importBlocked, token: await provider() };
+    } catch (e) {
+      return { importBlocked, rejected: e.name };
+    }
+  }, brokerUrl);
+  assert.equal(outcome.importBlocked, true);
+  assert.equal(outcome.token, undefined);
+  assert.equal(outcome.rejected, "TypeError");
+  await tab.close();
+});
