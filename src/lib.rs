@@ -7,6 +7,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod public_tokens;
 pub mod routes;
 pub mod settings;
 pub mod startup;

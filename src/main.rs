@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use token_broker::public_tokens::SigningKey;
 use token_broker::settings::{process_env, Settings};
 use token_broker::startup::Application;
 use token_broker::telemetry::{self, LogFormat};
@@ -33,6 +34,12 @@ enum Command {
     Check,
     /// Read an API key on stdin and print the `sha256:<hex>` form for the configuration.
     HashKey,
+    /// Write a new Ed25519 signing key (PKCS#8 PEM) for [public_tokens]; prints its kid.
+    Keygen {
+        /// Where to write it (mode 0600); stdout when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Exit 0 when the admin listener answers 200 (for container health checks).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(cli.config),
         Command::Check => check(cli.config),
         Command::HashKey => hash_key(),
+        Command::Keygen { out } => keygen(out.as_deref()),
         Command::Healthcheck { url } => healthcheck(&url),
         Command::Demo { listen, admin_listen } => run_demo(listen, admin_listen),
     }
@@ -117,6 +125,33 @@ fn hash_key() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("{}", identity::hash_key(key));
+    ExitCode::SUCCESS
+}
+
+fn keygen(out: Option<&Path>) -> ExitCode {
+    let pem = SigningKey::generate_pem();
+    let kid = SigningKey::from_pem(&pem)
+        .expect("a generated key parses")
+        .verifying
+        .kid;
+    match out {
+        None => print!("{pem}"),
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut file| file.write_all(pem.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("keygen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    eprintln!("kid: {kid}");
     ExitCode::SUCCESS
 }
 

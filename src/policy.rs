@@ -86,6 +86,8 @@ pub enum Denied {
     NoGrant,
     #[error("the requested scope is beyond what is granted")]
     ScopeNotGranted,
+    #[error("this caller may not mint public tokens")]
+    NotAMinter,
 }
 
 /// Where an identity's rights come from.

@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::policy::{Scope, ScopeSet};
+use crate::public_tokens::{verifying_key_from_pem, SigningKey, VerifyingKey};
 use crate::timespan::TimeSpan;
 
 /// The environment the settings are read against: overrides and `{ env = … }` secrets.
@@ -35,6 +36,18 @@ pub struct Settings {
     pub upstreams: BTreeMap<String, UpstreamSettings>,
     pub authenticators: Vec<AuthenticatorSettings>,
     pub grants: Vec<GrantSettings>,
+    pub public_tokens: Option<PublicTokenSettings>,
+}
+
+/// `[public_tokens]`: the app's backend mints scoped, short-lived tokens for its browser.
+#[derive(Debug, Clone)]
+pub struct PublicTokenSettings {
+    pub signing_key: SigningKey,
+    pub previous_keys: Vec<VerifyingKey>,
+    pub default_expiration: Duration,
+    pub max_expiration: Duration,
+    pub issuer: String,
+    pub mint_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,9 +114,13 @@ impl UpstreamSettings {
 
 #[derive(Debug, Clone)]
 pub enum AuthenticatorSettings {
-    ApiKey { keys: Vec<ApiKeySettings> },
+    ApiKey {
+        keys: Vec<ApiKeySettings>,
+    },
     Jwt(JwtSettings),
     Forward(ForwardSettings),
+    /// Tokens minted at `POST /v1/public-tokens`, verified with `[public_tokens]` keys.
+    PublicToken,
 }
 
 /// An OIDC issuer whose id_tokens authenticate callers.
@@ -305,6 +322,20 @@ mod file {
         pub authenticators: Vec<Authenticator>,
         #[serde(default)]
         pub grants: Vec<Grant>,
+        pub public_tokens: Option<PublicTokens>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PublicTokens {
+        pub signing_key: Secret,
+        #[serde(default)]
+        pub previous_keys: Vec<Secret>,
+        pub default_expiration: Option<DurationText>,
+        pub max_expiration: Option<DurationText>,
+        pub issuer: Option<String>,
+        #[serde(default, deserialize_with = "string_or_list")]
+        pub mint_subjects: Vec<String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -377,6 +408,7 @@ mod file {
         },
         Jwt(Jwt),
         Forward(Forward),
+        PublicToken {},
     }
 
     #[derive(Debug, Deserialize)]
@@ -755,6 +787,15 @@ impl file::Settings {
                         authenticators.push(AuthenticatorSettings::Forward(forward));
                     }
                 }
+                file::Authenticator::PublicToken {} => {
+                    if self.public_tokens.is_none() {
+                        check.problem(
+                            format!("authenticators[{i}].type"),
+                            "a public_token authenticator needs a [public_tokens] section",
+                        );
+                    }
+                    authenticators.push(AuthenticatorSettings::PublicToken);
+                }
             }
         }
 
@@ -797,6 +838,11 @@ impl file::Settings {
             });
         }
 
+        let public_tokens = self
+            .public_tokens
+            .as_ref()
+            .and_then(|raw| validate_public_tokens(&mut check, raw, env));
+
         if check.problems.is_empty() {
             Ok(Settings {
                 server,
@@ -804,6 +850,7 @@ impl file::Settings {
                 upstreams,
                 authenticators,
                 grants,
+                public_tokens,
             })
         } else {
             Err(Problems(check.problems))
@@ -935,6 +982,53 @@ fn validate_forward(check: &mut Check, i: usize, raw: &file::Forward) -> Option<
         timeout: check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(2)),
     };
     Some(settings)
+}
+
+fn validate_public_tokens(check: &mut Check, raw: &file::PublicTokens, env: &Env) -> Option<PublicTokenSettings> {
+    let pem = check.secret("public_tokens.signing_key", &raw.signing_key, env);
+    let signing_key = match SigningKey::from_pem(pem.expose_secret()) {
+        Ok(key) => Some(key),
+        Err(e) if !pem.expose_secret().is_empty() => {
+            check.problem("public_tokens.signing_key", e.to_string());
+            None
+        }
+        Err(_) => None,
+    };
+    let mut previous_keys = Vec::new();
+    for (i, secret) in raw.previous_keys.iter().enumerate() {
+        let key = format!("public_tokens.previous_keys[{i}]");
+        let pem = check.secret(&key, secret, env);
+        match verifying_key_from_pem(pem.expose_secret()) {
+            Ok(verifying) => previous_keys.push(verifying),
+            Err(e) if !pem.expose_secret().is_empty() => check.problem(key, e.to_string()),
+            Err(_) => {}
+        }
+    }
+    let default_expiration = check.duration(
+        "public_tokens.default_expiration",
+        raw.default_expiration.as_ref(),
+        Duration::from_secs(15 * 60),
+    );
+    let max_expiration = check.duration(
+        "public_tokens.max_expiration",
+        raw.max_expiration.as_ref(),
+        Duration::from_secs(24 * 3600),
+    );
+    if default_expiration > max_expiration {
+        check.problem("public_tokens.default_expiration", "must not exceed max_expiration");
+    }
+    let issuer = raw.issuer.clone().unwrap_or_else(|| "token-broker".to_string());
+    if issuer.trim().is_empty() {
+        check.problem("public_tokens.issuer", "must not be empty");
+    }
+    Some(PublicTokenSettings {
+        signing_key: signing_key?,
+        previous_keys,
+        default_expiration,
+        max_expiration,
+        issuer,
+        mint_subjects: raw.mint_subjects.clone(),
+    })
 }
 
 /// The upstream's configured scopes, ignoring malformed ones (reported under the upstream's key).

@@ -20,6 +20,7 @@ use crate::http::{limits, observe};
 use crate::identity::Chain;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::public_tokens::PublicTokens;
 use crate::routes;
 use crate::settings::{Env, Settings};
 use crate::tokens::TokenCache;
@@ -29,6 +30,7 @@ use crate::upstream::{TokenClient, Upstream};
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub identity: Chain,
+    pub public_tokens: Option<Arc<PublicTokens>>,
     pub policy: Policy,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub cors: CorsPolicy,
@@ -93,6 +95,10 @@ impl Broker {
             .store(Arc::new(build_state(settings, &self.clock, &self.http, &self.metrics)));
     }
 
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -108,8 +114,13 @@ fn build_state(settings: Settings, clock: &SharedClock, http: &reqwest::Client, 
             (name.clone(), Arc::new(upstream))
         })
         .collect();
+    let public_tokens = settings
+        .public_tokens
+        .as_ref()
+        .map(|p| Arc::new(PublicTokens::new(p.signing_key.clone(), &p.previous_keys, &p.issuer)));
     AppState {
-        identity: Chain::new(&settings.authenticators, clock),
+        identity: Chain::new(&settings.authenticators, clock, public_tokens.as_ref()),
+        public_tokens,
         policy: Policy::new(settings.grants.clone()),
         upstreams,
         cors: CorsPolicy::new(&settings.server.cors_allowed_origins, &settings.server.csrf_header),
@@ -162,6 +173,7 @@ impl Application {
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)
                 .configure(routes::client_js::configure)
+                .configure(routes::public_tokens::configure)
         })
         .workers(workers)
         .shutdown_timeout(grace)

@@ -168,7 +168,13 @@ fn the_shipped_example_configuration_is_valid() {
     let auth0 = dir.path().join("auth0");
     std::fs::write(&auth0, "auth0-secret\n").unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")).unwrap();
-    let file = write_config(&example.replace("/run/secrets/auth0", auth0.to_str().unwrap()));
+    let signing = dir.path().join("signing.pem");
+    std::fs::write(&signing, token_broker::public_tokens::SigningKey::generate_pem()).unwrap();
+    let file = write_config(
+        &example
+            .replace("/run/secrets/auth0", auth0.to_str().unwrap())
+            .replace("/run/secrets/broker-ed25519.pem", signing.to_str().unwrap()),
+    );
     let output = Command::new(BIN)
         .args(["check", "--config"])
         .arg(file.path())

@@ -32,6 +32,8 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("unknown upstream")]
     UnknownUpstream,
+    #[error("{0}")]
+    NotConfigured(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -66,6 +68,7 @@ impl ApiError {
             ),
             Self::RateLimited { .. } => ("rate_limited", "too many requests; slow down".into()),
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
+            Self::NotConfigured(what) => ("not_found", (*what).into()),
             Self::MethodNotAllowed => ("method_not_allowed", "use GET or POST".into()),
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => ("upstream_timeout", "the token endpoint did not answer in time".into()),
@@ -112,7 +115,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
-            Self::UnknownUpstream => StatusCode::NOT_FOUND,
+            Self::UnknownUpstream | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {

@@ -8,15 +8,20 @@ pub(crate) mod api_key;
 mod forward;
 mod jwks;
 mod jwt;
+mod public_token;
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 
 pub use api_key::{hash_key, ApiKeyAuthenticator};
 pub use forward::ForwardAuthenticator;
 pub use jwt::{looks_like_jwt, unverified_issuer, JwtAuthenticator};
+pub use public_token::PublicTokenAuthenticator;
+
+use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::policy::Rights;
+use crate::public_tokens::PublicTokens;
 use crate::settings::AuthenticatorSettings;
 
 /// How an identity was established.
@@ -25,6 +30,7 @@ pub enum Method {
     ApiKey,
     Jwt,
     Forward,
+    PublicToken,
 }
 
 /// An authenticated caller.
@@ -86,14 +92,24 @@ pub enum Authenticator {
     ApiKey(ApiKeyAuthenticator),
     Jwt(Box<JwtAuthenticator>),
     Forward(Box<ForwardAuthenticator>),
+    PublicToken(PublicTokenAuthenticator),
 }
 
 impl Authenticator {
-    pub fn from_settings(settings: &AuthenticatorSettings, clock: &SharedClock) -> Self {
+    pub fn from_settings(
+        settings: &AuthenticatorSettings,
+        clock: &SharedClock,
+        public_tokens: Option<&Arc<PublicTokens>>,
+    ) -> Self {
         match settings {
             AuthenticatorSettings::ApiKey { keys } => Self::ApiKey(ApiKeyAuthenticator::new(keys)),
             AuthenticatorSettings::Jwt(jwt) => Self::Jwt(Box::new(JwtAuthenticator::new(jwt, clock.clone()))),
             AuthenticatorSettings::Forward(forward) => Self::Forward(Box::new(ForwardAuthenticator::new(forward))),
+            AuthenticatorSettings::PublicToken => Self::PublicToken(PublicTokenAuthenticator::new(
+                public_tokens
+                    .expect("validation requires [public_tokens] for this authenticator")
+                    .clone(),
+            )),
         }
     }
 
@@ -102,6 +118,7 @@ impl Authenticator {
             Self::ApiKey(a) => a.authenticate(headers),
             Self::Jwt(a) => a.authenticate(headers).await,
             Self::Forward(a) => a.authenticate(headers).await,
+            Self::PublicToken(a) => a.authenticate(headers),
         }
     }
 }
@@ -112,11 +129,15 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(settings: &[AuthenticatorSettings], clock: &SharedClock) -> Self {
+    pub fn new(
+        settings: &[AuthenticatorSettings],
+        clock: &SharedClock,
+        public_tokens: Option<&Arc<PublicTokens>>,
+    ) -> Self {
         Self {
             authenticators: settings
                 .iter()
-                .map(|s| Authenticator::from_settings(s, clock))
+                .map(|s| Authenticator::from_settings(s, clock, public_tokens))
                 .collect(),
         }
     }

@@ -2,4 +2,6 @@
 
 pub mod admin;
 pub mod client_js;
+pub mod common;
+pub mod public_tokens;
 pub mod token;

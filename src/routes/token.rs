@@ -2,7 +2,6 @@
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
+use crate::routes::common::{authenticate, read_body};
 use crate::startup::Broker;
 use crate::upstream::UpstreamError;
 
@@ -109,15 +109,7 @@ async fn serve(
     broker: &Broker,
 ) -> Result<HttpResponse, ApiError> {
     let state = broker.state();
-    let identity = state.identity.authenticate(req.headers()).await?;
-    // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
-    if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
-        return Err(ApiError::CsrfHeaderMissing);
-    }
-    state
-        .rate_limit
-        .check(&identity.subject)
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let identity = authenticate(req, &state).await?;
     let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
     let param = match requested {
         Requested::Param(param) => param,
@@ -185,26 +177,6 @@ fn requested_scopes(param: ScopeParam) -> Result<Option<ScopeSet>, ApiError> {
         None => Ok(None),
         Some(text) => parse_scope_param(&text).map_err(|e| ApiError::InvalidRequest(format!("malformed scope: {e}"))),
     }
-}
-
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::BodyTooLarge);
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 fn parse_body(req: &HttpRequest, body: web::BytesMut) -> Result<ScopeParam, ApiError> {

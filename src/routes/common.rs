@@ -1,0 +1,44 @@
+//! What the routes that serve callers share: who is calling (with the CSRF and rate checks that
+//! come with it), and reading a bounded request body.
+
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+use crate::http::errors::ApiError;
+use crate::identity::Identity;
+use crate::startup::AppState;
+
+/// Authenticates the caller, then applies the checks every caller-facing route needs.
+pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
+    let identity = state.identity.authenticate(req.headers()).await?;
+    // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
+    if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
+        return Err(ApiError::CsrfHeaderMissing);
+    }
+    state
+        .rate_limit
+        .check(&identity.subject)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    Ok(identity)
+}
+
+/// The request body, refused with 413 past `limit` bytes (declared or streamed).
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
