@@ -8,8 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Monotonic time, for everything that measures lifetimes.
     fn now(&self) -> Instant;
-    /// Wall-clock seconds since the Unix epoch, only for telling the browser when a token expires.
-    fn unix_now(&self) -> u64;
+    /// Wall-clock milliseconds since the Unix epoch: for telling the browser when a token expires,
+    /// and for the expiry times replicas share through Redis.
+    fn unix_now_millis(&self) -> u64;
+
+    /// Wall-clock seconds since the Unix epoch.
+    fn unix_now(&self) -> u64 {
+        self.unix_now_millis() / 1000
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -22,10 +28,10 @@ impl Clock for SystemClock {
         Instant::now()
     }
 
-    fn unix_now(&self) -> u64 {
+    fn unix_now_millis(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     }
 }
@@ -55,7 +61,7 @@ impl Clock for ManualClock {
         Instant::now() + self.offset()
     }
 
-    fn unix_now(&self) -> u64 {
-        SystemClock.unix_now() + self.offset().as_secs()
+    fn unix_now_millis(&self) -> u64 {
+        SystemClock.unix_now_millis() + self.offset().as_millis() as u64
     }
 }

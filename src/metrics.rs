@@ -36,6 +36,8 @@ pub struct Metrics {
     pub upstream_requests: Family<UpstreamOutcome, Counter>,
     pub upstream_duration: Durations,
     pub tokens_served: Family<UpstreamLabel, Counter>,
+    pub shared_cache_errors: Counter,
+    pub shared_cache_hits: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -84,8 +86,22 @@ impl Metrics {
         );
         let tokens_served = Family::default();
         registry.register("tokens_served", "Tokens handed to callers", tokens_served.clone());
+        let shared_cache_errors = Counter::default();
+        registry.register(
+            "shared_cache_errors",
+            "Shared (Redis) cache operations that failed or timed out",
+            shared_cache_errors.clone(),
+        );
+        let shared_cache_hits = Counter::default();
+        registry.register(
+            "shared_cache_hits",
+            "Tokens taken from the shared (Redis) cache instead of the upstream",
+            shared_cache_hits.clone(),
+        );
         Self {
             registry,
+            shared_cache_errors,
+            shared_cache_hits,
             http_requests,
             cache_hits,
             cache_misses,

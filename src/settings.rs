@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
+use base64::Engine;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -74,6 +75,41 @@ pub struct CacheSettings {
     pub max_entries: u64,
     pub refresh_skew: Duration,
     pub default_ttl: Duration,
+    /// The tier shared by replicas; absent: memory only.
+    pub redis: Option<RedisSettings>,
+}
+
+/// `[cache.redis]`: a Redis (or Valkey) that replicas share.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    /// AES-256-GCM key for the stored tokens.
+    pub encryption_key: [u8; 32],
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url_password(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("encryption_key", &"[redacted]")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A Redis URL with its password (if any) replaced, for logs and `Debug`.
+pub fn redact_url_password(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "[unparsable]".to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +398,16 @@ mod file {
         pub max_entries: Option<u64>,
         pub refresh_skew: Option<DurationText>,
         pub default_ttl: Option<DurationText>,
+        pub redis: Option<Redis>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Redis {
+        pub url: Secret,
+        pub key_prefix: Option<String>,
+        pub encryption_key: Secret,
+        pub timeout: Option<DurationText>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -663,6 +709,11 @@ impl file::Settings {
                 self.cache.default_ttl.as_ref(),
                 Duration::from_secs(300),
             ),
+            redis: self
+                .cache
+                .redis
+                .as_ref()
+                .and_then(|raw| validate_redis(&mut check, raw, env)),
         };
         if cache.max_entries == 0 {
             check.problem("cache.max_entries", "must be greater than 0");
@@ -984,6 +1035,51 @@ fn validate_forward(check: &mut Check, i: usize, raw: &file::Forward) -> Option<
     Some(settings)
 }
 
+fn validate_redis(check: &mut Check, raw: &file::Redis, env: &Env) -> Option<RedisSettings> {
+    // The URL may carry a password, so it is read like a secret: literal, env or file.
+    let url = check.secret("cache.redis.url", &raw.url, env);
+    let url = url.expose_secret().to_string();
+    let url_ok = match Url::parse(&url) {
+        Ok(parsed) if parsed.scheme() == "redis" => true,
+        _ if url.is_empty() => false,
+        _ => {
+            check.problem(
+                "cache.redis.url",
+                "must be a redis:// URL such as redis://127.0.0.1:6379/0",
+            );
+            false
+        }
+    };
+    let key = check.secret("cache.redis.encryption_key", &raw.encryption_key, env);
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
+    let encryption_key: Option<[u8; 32]> = match decoded {
+        Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(array) => Some(array),
+            Err(_) => {
+                check.problem(
+                    "cache.redis.encryption_key",
+                    "must be 32 bytes, base64-encoded (openssl rand -base64 32)",
+                );
+                None
+            }
+        },
+        Err(_) if key.expose_secret().is_empty() => None,
+        Err(_) => {
+            check.problem("cache.redis.encryption_key", "is not base64 (openssl rand -base64 32)");
+            None
+        }
+    };
+    let timeout = check.duration("cache.redis.timeout", raw.timeout.as_ref(), Duration::from_millis(200));
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "token-broker:".to_string());
+    (url_ok).then_some(())?;
+    Some(RedisSettings {
+        url,
+        key_prefix,
+        encryption_key: encryption_key?,
+        timeout,
+    })
+}
+
 fn validate_public_tokens(check: &mut Check, raw: &file::PublicTokens, env: &Env) -> Option<PublicTokenSettings> {
     let pem = check.secret("public_tokens.signing_key", &raw.signing_key, env);
     let signing_key = match SigningKey::from_pem(pem.expose_secret()) {
@@ -1238,6 +1334,30 @@ mod tests {
         assert_eq!(jwt.accepted_issuers, GOOGLE_ISSUERS);
         assert_eq!(jwt.leeway, Duration::from_secs(60));
         assert_eq!(jwt.algorithms.len(), 3);
+    }
+
+    #[test]
+    fn a_redis_tier_needs_a_redis_url_and_a_32_byte_key() {
+        let with =
+            |url: &str, key: &str| format!("{MINIMAL}\n[cache.redis]\nurl = \"{url}\"\nencryption_key = \"{key}\"\n");
+        let env = env(&[("TRIUMPH_SECRET", "s")]);
+        let good = Settings::from_toml(
+            &with(
+                "redis://127.0.0.1:6379/0",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+            &env,
+        )
+        .unwrap();
+        let redis = good.cache.redis.unwrap();
+        assert_eq!(redis.timeout, Duration::from_millis(200));
+        assert_eq!(redis.key_prefix, "token-broker:");
+        assert!(!format!("{redis:?}").contains("MDEy"));
+        let problems = Settings::from_toml(&with("http://127.0.0.1:6379", "c2hvcnQ="), &env).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["cache.redis.url", "cache.redis.encryption_key"]);
+        let password = redact_url_password("redis://:hunter2@127.0.0.1:6379/0");
+        assert!(!password.contains("hunter2"), "{password}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::policy::Policy;
 use crate::public_tokens::PublicTokens;
 use crate::routes;
 use crate::settings::{Env, Settings};
-use crate::tokens::TokenCache;
+use crate::tokens::{SharedTier, TokenCache};
 use crate::upstream::{TokenClient, Upstream};
 
 /// What a configuration decides; built whole and swapped atomically on reload.
@@ -49,19 +49,29 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(settings: Settings, clock: SharedClock) -> Self {
+    pub fn new(settings: Settings, clock: SharedClock) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let http = TokenClient::http_client();
-        let tokens = TokenCache::new(clock.clone(), settings.cache.max_entries, settings.cache.refresh_skew);
+        let shared = match &settings.cache.redis {
+            Some(redis) => Some(SharedTier::new(redis, metrics.clone()).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let tokens = TokenCache::new(
+            clock.clone(),
+            metrics.clone(),
+            settings.cache.max_entries,
+            settings.cache.refresh_skew,
+            shared,
+        );
         let state = build_state(settings, &clock, &http, &metrics);
-        Self {
+        Ok(Self {
             state: ArcSwap::from_pointee(state),
             tokens,
             metrics,
             clock,
             http,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The configuration in force; hold the `Arc` for the whole request.
@@ -86,9 +96,12 @@ impl Broker {
         let needs_restart = old.settings.server.listen != settings.server.listen
             || old.settings.server.admin_listen != settings.server.admin_listen
             || old.settings.server.workers != settings.server.workers
-            || old.settings.cache.max_entries != settings.cache.max_entries;
+            || old.settings.cache.max_entries != settings.cache.max_entries
+            || format!("{:?}", old.settings.cache.redis) != format!("{:?}", settings.cache.redis);
         if needs_restart {
-            tracing::warn!("listen addresses, workers and cache.max_entries take effect only after a restart");
+            tracing::warn!(
+                "listen addresses, workers, cache.max_entries and cache.redis take effect only after a restart"
+            );
         }
         self.tokens.set_refresh_skew(settings.cache.refresh_skew);
         self.state
@@ -163,7 +176,7 @@ impl Application {
         };
         let grace = settings.server.shutdown_grace.as_secs().max(1);
 
-        let broker = web::Data::new(Broker::new(settings, clock));
+        let broker = web::Data::new(Broker::new(settings, clock)?);
         let public_broker = broker.clone();
         let server = HttpServer::new(move || {
             App::new()

@@ -1,21 +1,23 @@
 //! Time spans in the form of the `jose` package (`"30s"`, `"15 min"`, `"1hr"`, `"2 days ago"`).
 //!
 //! Used for every duration in the configuration and for `expirationTime` of public tokens.
-//! A year is 365.25 days; months are refused because their length is ambiguous.
+//! A year is 365.25 days; months are refused because their length is ambiguous. One extension of
+//! jose's form: milliseconds (`"200ms"`), which configuration timeouts need.
 
 use std::fmt;
 use std::time::Duration;
 
+const MILLI: f64 = 0.001;
 const MINUTE: f64 = 60.0;
 const HOUR: f64 = 60.0 * MINUTE;
 const DAY: f64 = 24.0 * HOUR;
 const WEEK: f64 = 7.0 * DAY;
 const YEAR: f64 = 365.25 * DAY;
 
-/// A signed number of whole seconds: negative spans lie in the past.
+/// A signed span in milliseconds: negative spans lie in the past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TimeSpan {
-    seconds: i64,
+    millis: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,20 +34,25 @@ pub enum TimeSpanError {
 
 impl TimeSpan {
     pub const fn from_seconds(seconds: i64) -> Self {
-        Self { seconds }
+        Self { millis: seconds * 1000 }
     }
 
-    pub const fn seconds(self) -> i64 {
-        self.seconds
+    pub const fn from_millis(millis: i64) -> Self {
+        Self { millis }
+    }
+
+    /// Whole seconds, rounded as jose rounds.
+    pub fn seconds(self) -> i64 {
+        (self.millis as f64 / 1000.0).round() as i64
     }
 
     pub const fn is_past(self) -> bool {
-        self.seconds < 0
+        self.millis < 0
     }
 
     /// The span as a `Duration` when it is strictly positive.
     pub fn as_positive_duration(self) -> Option<Duration> {
-        (self.seconds > 0).then(|| Duration::from_secs(self.seconds as u64))
+        (self.millis > 0).then(|| Duration::from_millis(self.millis as u64))
     }
 
     /// Parses the jose form: `[+|-]<number>[ ]<unit>[ ago| from now]`, case-insensitive.
@@ -84,19 +91,26 @@ impl TimeSpan {
             .map_err(|_| TimeSpanError::Malformed(input.to_string()))?;
         let factor = unit_seconds(unit).ok_or_else(|| TimeSpanError::UnknownUnit(unit.to_string()))?;
 
-        let seconds = (value * factor).round();
-        if !seconds.is_finite() || seconds > i64::MAX as f64 / 2.0 {
+        // jose rounds to whole seconds; milliseconds keep their precision.
+        let seconds = value * factor;
+        let millis = if factor < 1.0 {
+            (seconds * 1000.0).round()
+        } else {
+            seconds.round() * 1000.0
+        };
+        if !millis.is_finite() || millis > i64::MAX as f64 / 4.0 {
             return Err(TimeSpanError::TooLarge(input.to_string()));
         }
-        let seconds = seconds as i64;
+        let millis = millis as i64;
         Ok(Self {
-            seconds: if negative || past_suffix { -seconds } else { seconds },
+            millis: if negative || past_suffix { -millis } else { millis },
         })
     }
 }
 
 fn unit_seconds(unit: &str) -> Option<f64> {
     Some(match unit {
+        "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => MILLI,
         "sec" | "secs" | "second" | "seconds" | "s" => 1.0,
         "minute" | "minutes" | "min" | "mins" | "m" => MINUTE,
         "hour" | "hours" | "hr" | "hrs" | "h" => HOUR,
@@ -110,13 +124,14 @@ fn unit_seconds(unit: &str) -> Option<f64> {
 impl fmt::Display for TimeSpan {
     /// Formats in the largest unit that divides the span exactly, in a form `parse` reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let magnitude = self.seconds.unsigned_abs();
-        let sign = if self.seconds < 0 { "-" } else { "" };
-        let (n, unit) = [(WEEK, "w"), (DAY, "d"), (HOUR, "h"), (MINUTE, "m")]
+        let magnitude = self.millis.unsigned_abs();
+        let sign = if self.millis < 0 { "-" } else { "" };
+        let (n, unit) = [(WEEK, "w"), (DAY, "d"), (HOUR, "h"), (MINUTE, "m"), (1.0, "s")]
             .iter()
-            .find(|(size, _)| magnitude > 0 && magnitude % (*size as u64) == 0)
-            .map(|(size, unit)| (magnitude / (*size as u64), *unit))
-            .unwrap_or((magnitude, "s"));
+            .map(|(size, unit)| ((*size * 1000.0) as u64, *unit))
+            .find(|(size, _)| magnitude > 0 && magnitude % size == 0)
+            .map(|(size, unit)| (magnitude / size, unit))
+            .unwrap_or((magnitude, "ms"));
         write!(f, "{sign}{n}{unit}")
     }
 }
@@ -176,6 +191,22 @@ mod tests {
     }
 
     #[test]
+    fn milliseconds_keep_their_precision() {
+        assert_eq!(
+            TimeSpan::parse("200ms").unwrap().as_positive_duration(),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(TimeSpan::parse("1 millisecond").unwrap(), TimeSpan::from_millis(1));
+        assert_eq!(TimeSpan::parse("2 msecs").unwrap(), TimeSpan::from_millis(2));
+        assert_eq!(
+            TimeSpan::parse("0.5s").unwrap(),
+            TimeSpan::from_seconds(1),
+            "jose rounds seconds"
+        );
+        assert_eq!(TimeSpan::from_millis(200).to_string(), "200ms");
+    }
+
+    #[test]
     fn past_forms_are_negative() {
         assert_eq!(TimeSpan::parse("-1h").unwrap().seconds(), -3600);
         assert_eq!(TimeSpan::parse("1h ago").unwrap().seconds(), -3600);
@@ -222,6 +253,12 @@ mod tests {
         #[test]
         fn formatting_then_parsing_round_trips(seconds in -10_000_000_000i64..10_000_000_000i64) {
             let span = TimeSpan::from_seconds(seconds);
+            prop_assert_eq!(TimeSpan::parse(&span.to_string()), Ok(span));
+        }
+
+        #[test]
+        fn milliseconds_round_trip(millis in -10_000_000i64..10_000_000i64) {
+            let span = TimeSpan::from_millis(millis);
             prop_assert_eq!(TimeSpan::parse(&span.to_string()), Ok(span));
         }
 

@@ -18,7 +18,9 @@ use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
+use super::shared::{Lock, SharedTier, StoredToken};
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use crate::policy::{join_scopes, ScopeSet};
 use crate::upstream::{FetchedToken, Upstream, UpstreamError};
 
@@ -28,6 +30,8 @@ const REFRESH_JITTER: f64 = 0.05;
 /// Pause after a failed refresh-ahead: doubling from the base, capped.
 const REFRESH_RETRY_BASE: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
+/// How often a replica waiting for another's fetch looks in the shared tier.
+const SHARED_POLL: Duration = Duration::from_millis(25);
 /// A token reported as rejected is replaced at most once per key in this interval.
 pub const REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -44,6 +48,8 @@ pub struct CachedToken {
     /// What to report as `scope`: the endpoint's granted scope, else the requested one.
     pub scope: String,
     pub fetched_at: Instant,
+    /// The same moment on the wall clock (Unix milliseconds), as replicas compare it.
+    pub fetched_at_ms: u64,
     pub lifetime: Duration,
     /// After this instant the token is never handed out.
     pub serve_until: Instant,
@@ -60,16 +66,49 @@ struct RefreshAhead {
 }
 
 impl CachedToken {
-    fn new(fetched: FetchedToken, requested: &ScopeSet, fetched_at: Instant, refresh_skew: Duration) -> Self {
+    fn new(fetched: FetchedToken, requested: &ScopeSet, now: (Instant, u64), refresh_skew: Duration) -> Self {
         let lifetime = fetched.lifetime;
         // A short-lived token loses at most a quarter of its life, so it still caches.
         let skew = refresh_skew.min(lifetime / 4);
-        let served_life = lifetime - skew;
+        Self::assemble(
+            fetched.access_token,
+            fetched.scope.unwrap_or_else(|| join_scopes(requested)),
+            now,
+            lifetime,
+            lifetime - skew,
+        )
+    }
+
+    /// A token another replica fetched, placed on this replica's monotonic clock.
+    fn from_shared(stored: StoredToken, now: Instant, now_ms: u64) -> Option<Self> {
+        if stored.serve_until_ms <= now_ms || stored.fetched_at_ms > now_ms {
+            return None;
+        }
+        let age = Duration::from_millis(now_ms - stored.fetched_at_ms);
+        let fetched_at = now.checked_sub(age)?;
+        let served_life = Duration::from_millis(stored.serve_until_ms - stored.fetched_at_ms);
+        Some(Self::assemble(
+            SecretString::from(stored.access_token),
+            stored.scope,
+            (fetched_at, stored.fetched_at_ms),
+            Duration::from_millis(stored.lifetime_ms),
+            served_life,
+        ))
+    }
+
+    fn assemble(
+        access_token: SecretString,
+        scope: String,
+        (fetched_at, fetched_at_ms): (Instant, u64),
+        lifetime: Duration,
+        served_life: Duration,
+    ) -> Self {
         let share = rand::rng().random_range(REFRESH_AT - REFRESH_JITTER..=REFRESH_AT + REFRESH_JITTER);
         Self {
-            access_token: fetched.access_token,
-            scope: fetched.scope.unwrap_or_else(|| join_scopes(requested)),
+            access_token,
+            scope,
             fetched_at,
+            fetched_at_ms,
             lifetime,
             serve_until: fetched_at + served_life,
             refresh_at: fetched_at + served_life.mul_f64(share),
@@ -78,6 +117,17 @@ impl CachedToken {
                 not_before: fetched_at,
                 failures: 0,
             }),
+        }
+    }
+
+    fn stored(&self) -> StoredToken {
+        let served_life_ms = self.served_life().as_millis() as u64;
+        StoredToken {
+            access_token: self.access_token.expose_secret().to_string(),
+            scope: self.scope.clone(),
+            lifetime_ms: self.lifetime.as_millis() as u64,
+            fetched_at_ms: self.fetched_at_ms,
+            serve_until_ms: self.fetched_at_ms + served_life_ms,
         }
     }
 
@@ -103,6 +153,13 @@ impl CachedToken {
             .saturating_mul(1 << (state.failures - 1).min(16))
             .min(REFRESH_RETRY_CAP);
         state.not_before = now + pause;
+    }
+
+    /// Another replica is refreshing: look again shortly, without counting a failure.
+    fn refresh_deferred(&self, now: Instant) {
+        let mut state = self.refresh.lock().expect("refresh lock");
+        state.in_flight = false;
+        state.not_before = now + REFRESH_RETRY_BASE;
     }
 
     fn is(&self, token: &str) -> bool {
@@ -149,20 +206,31 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
 #[derive(Clone)]
 pub struct TokenCache {
     entries: Cache<CacheKey, Arc<CachedToken>>,
+    /// The Redis tier shared with other replicas, when configured.
+    shared: Option<Arc<SharedTier>>,
     clock: SharedClock,
+    metrics: Arc<Metrics>,
     /// Milliseconds; changes on reload.
     refresh_skew_ms: Arc<AtomicU64>,
 }
 
 impl TokenCache {
-    pub fn new(clock: SharedClock, max_entries: u64, refresh_skew: Duration) -> Self {
+    pub fn new(
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        max_entries: u64,
+        refresh_skew: Duration,
+        shared: Option<SharedTier>,
+    ) -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(ServedLife)
                 .support_invalidation_closures()
                 .build(),
+            shared: shared.map(Arc::new),
             clock,
+            metrics,
             refresh_skew_ms: Arc::new(AtomicU64::new(refresh_skew.as_millis() as u64)),
         }
     }
@@ -196,8 +264,7 @@ impl TokenCache {
                 .entries
                 .try_get_with(key.clone(), async {
                     fetched_here.store(true, Ordering::Relaxed);
-                    let fetched = upstream.fetch(scopes).await?;
-                    Ok::<_, UpstreamError>(Arc::new(self.cached(fetched, scopes)))
+                    self.load(upstream, &key).await
                 })
                 .await?;
             let now = self.clock.now();
@@ -237,26 +304,115 @@ impl TokenCache {
             let old_enough = self.clock.now().saturating_duration_since(current.fetched_at) >= REPLACE_INTERVAL;
             if current.is(rejected) && old_enough {
                 tracing::info!(upstream = %upstream.name(), "replacing a token the API rejected");
+                if let Some(shared) = &self.shared {
+                    shared.remove_if(&key, rejected).await;
+                }
                 self.remove_if_same(&key, &current).await;
             }
         }
         self.get(upstream, scopes).await
     }
 
-    fn cached(&self, fetched: FetchedToken, scopes: &ScopeSet) -> CachedToken {
+    fn now(&self) -> (Instant, u64) {
+        (self.clock.now(), self.clock.unix_now_millis())
+    }
+
+    /// Asks the upstream itself.
+    async fn fetch(&self, upstream: &Upstream, key: &CacheKey) -> Result<Arc<CachedToken>, UpstreamError> {
+        let fetched = upstream.fetch(&key.scopes).await?;
         let skew = Duration::from_millis(self.refresh_skew_ms.load(Ordering::Relaxed));
-        CachedToken::new(fetched, scopes, self.clock.now(), skew)
+        Ok(Arc::new(CachedToken::new(fetched, &key.scopes, self.now(), skew)))
+    }
+
+    /// A still-servable token another replica stored, if any.
+    async fn adopt(&self, shared: &SharedTier, key: &CacheKey) -> Option<Arc<CachedToken>> {
+        let stored = shared.read(key).await?;
+        let (now, now_ms) = self.now();
+        let token = CachedToken::from_shared(stored, now, now_ms)?;
+        self.metrics.shared_cache_hits.inc();
+        Some(Arc::new(token))
+    }
+
+    async fn publish(&self, shared: &SharedTier, key: &CacheKey, token: &CachedToken) {
+        let ttl = token.serve_until.saturating_duration_since(self.clock.now());
+        shared.write(key, &token.stored(), ttl).await;
+    }
+
+    /// A token for a key missing from memory: from the shared tier, else fetched by one replica
+    /// for all (others wait for its result, boundedly), else fetched here.
+    async fn load(&self, upstream: &Upstream, key: &CacheKey) -> Result<Arc<CachedToken>, UpstreamError> {
+        let Some(shared) = &self.shared else {
+            return self.fetch(upstream, key).await;
+        };
+        if let Some(token) = self.adopt(shared, key).await {
+            return Ok(token);
+        }
+        let lock_ttl = upstream.settings.timeout + Duration::from_secs(1);
+        // Two rounds: if the replica that held the lock failed, one more replica tries.
+        for _ in 0..2 {
+            match shared.lock(key, lock_ttl).await {
+                Lock::Acquired(owner) => {
+                    // Another replica may have stored a token between our read and our lock.
+                    let result = match self.adopt(shared, key).await {
+                        Some(token) => Ok(token),
+                        None => self.fetch(upstream, key).await,
+                    };
+                    if let Ok(token) = &result {
+                        self.publish(shared, key, token).await;
+                    }
+                    shared.unlock(key, &owner).await;
+                    return result;
+                }
+                Lock::Held => {
+                    let deadline = tokio::time::Instant::now() + lock_ttl;
+                    while tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(SHARED_POLL).await;
+                        if let Some(token) = self.adopt(shared, key).await {
+                            return Ok(token);
+                        }
+                        if shared.is_locked(key).await != Some(true) {
+                            break;
+                        }
+                    }
+                }
+                Lock::Unavailable => break,
+            }
+        }
+        self.fetch(upstream, key).await
     }
 
     /// Fetches a successor for `current` without anybody waiting on it. The upstream's guard
-    /// (circuit breaker, rate limit) decides whether it may be asked at all.
+    /// (circuit breaker, rate limit) decides whether it may be asked at all; with a shared tier,
+    /// one replica refreshes and the others adopt its token.
     fn refresh_in_background(&self, upstream: Arc<Upstream>, key: CacheKey, current: Arc<CachedToken>) {
         let cache = self.clone();
         tokio::spawn(async move {
-            match upstream.fetch(&key.scopes).await {
-                Ok(fetched) => {
-                    let fresh = Arc::new(cache.cached(fetched, &key.scopes));
-                    cache.entries.insert(key, fresh).await;
+            let mut lock = None;
+            if let Some(shared) = &cache.shared {
+                if let Some(newer) = cache.adopt(shared, &key).await {
+                    if newer.fetched_at_ms > current.fetched_at_ms {
+                        cache.entries.insert(key, newer).await;
+                        return;
+                    }
+                }
+                match shared
+                    .lock(&key, upstream.settings.timeout + Duration::from_secs(1))
+                    .await
+                {
+                    Lock::Acquired(owner) => lock = Some(owner),
+                    Lock::Held => {
+                        current.refresh_deferred(cache.clock.now());
+                        return;
+                    }
+                    Lock::Unavailable => {}
+                }
+            }
+            match cache.fetch(&upstream, &key).await {
+                Ok(fresh) => {
+                    if let Some(shared) = &cache.shared {
+                        cache.publish(shared, &key, &fresh).await;
+                    }
+                    cache.entries.insert(key.clone(), fresh).await;
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -267,6 +423,9 @@ impl TokenCache {
                     );
                     current.refresh_failed(cache.clock.now());
                 }
+            }
+            if let (Some(shared), Some(owner)) = (&cache.shared, lock) {
+                shared.unlock(&key, &owner).await;
             }
         });
     }

@@ -1,5 +1,8 @@
-//! Upstream tokens, cached until shortly before they expire and fetched once per key.
+//! Upstream tokens, cached until shortly before they expire and fetched once per key, in memory
+//! and (optionally) in a Redis tier shared by replicas.
 
 mod cache;
+mod shared;
 
 pub use cache::{CacheKey, CachedToken, Served, TokenCache};
+pub use shared::SharedTier;

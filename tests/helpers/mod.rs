@@ -3,6 +3,7 @@
 
 pub mod idp;
 pub mod process;
+pub mod redis_server;
 pub mod rogue;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

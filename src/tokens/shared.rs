@@ -1,0 +1,214 @@
+//! The Redis tier that replicas share, behind each replica's memory cache.
+//!
+//! - Entries are AES-256-GCM encrypted (random 96-bit nonce per write; the Redis key is the
+//!   associated data, so an entry cannot be moved to another key). The Redis key is the prefix, a
+//!   short id of the encryption key, and a SHA-256 of the cache key: neither names nor values
+//!   reveal a token or a secret, and replicas with different keys never read each other's entries.
+//! - Redis TTL is the token's served life. Entries that do not decrypt or parse are ignored.
+//! - One replica fetches a missing token: `SET lock NX PX` with an owner value, released only by
+//!   its owner (compare-and-delete in Lua); the others poll for the result, boundedly.
+//! - Every operation is bounded by `timeout`; a failure is counted and reported as `None`/
+//!   `Unavailable`, so the caller carries on with its memory cache and the upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::cache::CacheKey;
+use crate::metrics::Metrics;
+use crate::policy::join_scopes;
+use crate::settings::{redact_url_password, RedisSettings};
+
+const NONCE_LEN: usize = 12;
+
+/// A token as replicas share it. Times are wall-clock milliseconds since the Unix epoch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredToken {
+    pub access_token: String,
+    pub scope: String,
+    pub lifetime_ms: u64,
+    pub fetched_at_ms: u64,
+    pub serve_until_ms: u64,
+}
+
+pub enum Lock {
+    /// This replica may fetch; release with the owner value.
+    Acquired(String),
+    /// Another replica is fetching.
+    Held,
+    /// Redis did not answer: fetch without coordination.
+    Unavailable,
+}
+
+pub struct SharedTier {
+    redis: ConnectionManager,
+    namespace: String,
+    cipher: Aes256Gcm,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    release: redis::Script,
+}
+
+impl SharedTier {
+    /// Connects lazily: a Redis that is down at start-up is retried on use, never fatal.
+    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("cache.redis: {e}"))?;
+        let key_id = hex::encode(
+            &Sha256::digest([b"token-broker cache key id:".as_slice(), &settings.encryption_key].concat())[..4],
+        );
+        Ok(Self {
+            redis,
+            namespace: format!("{}{key_id}:", settings.key_prefix),
+            cipher: Aes256Gcm::new(&settings.encryption_key.into()),
+            timeout: settings.timeout,
+            metrics,
+            release: redis::Script::new(
+                r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#,
+            ),
+        })
+    }
+
+    fn hashed(key: &CacheKey) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(key.upstream.as_bytes());
+        hasher.update([0]);
+        hasher.update(join_scopes(&key.scopes).as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
+    fn entry_key(&self, key: &CacheKey) -> String {
+        format!("{}token:{}", self.namespace, Self::hashed(key))
+    }
+
+    fn lock_key(&self, key: &CacheKey) -> String {
+        format!("{}lock:{}", self.namespace, Self::hashed(key))
+    }
+
+    /// Runs one Redis command within the timeout; failures are counted, never raised.
+    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
+        let mut connection = self.redis.clone();
+        match tokio::time::timeout(self.timeout, command.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.metrics.shared_cache_errors.inc();
+                tracing::debug!(error = %error, "shared cache operation failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.shared_cache_errors.inc();
+                tracing::debug!("shared cache operation timed out");
+                None
+            }
+        }
+    }
+
+    pub async fn read(&self, key: &CacheKey) -> Option<StoredToken> {
+        let redis_key = self.entry_key(key);
+        let bytes: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&redis_key).clone()).await?;
+        let bytes = bytes?;
+        if bytes.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: redis_key.as_bytes(),
+                },
+            )
+            .ok();
+        let Some(plain) = plain else {
+            tracing::debug!("a shared cache entry did not decrypt; ignoring it");
+            return None;
+        };
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Stores `token` for `ttl` (its remaining served life).
+    pub async fn write(&self, key: &CacheKey, token: &StoredToken, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let redis_key = self.entry_key(key);
+        let plain = serde_json::to_vec(token).expect("a stored token serializes");
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: redis_key.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encrypts any message of this size");
+        let value = [nonce.as_slice(), &sealed].concat();
+        let px = ttl.as_millis().max(1) as u64;
+        let _: Option<()> = self
+            .run(redis::cmd("SET").arg(&redis_key).arg(value).arg("PX").arg(px).clone())
+            .await;
+    }
+
+    /// Removes the entry for `key` if it still holds `access_token` (reported as rejected).
+    pub async fn remove_if(&self, key: &CacheKey, access_token: &str) {
+        if self
+            .read(key)
+            .await
+            .is_some_and(|stored| stored.access_token == access_token)
+        {
+            let _: Option<i64> = self.run(redis::cmd("DEL").arg(self.entry_key(key)).clone()).await;
+        }
+    }
+
+    /// Tries to become the one replica that fetches `key`, for at most `ttl`.
+    pub async fn lock(&self, key: &CacheKey, ttl: Duration) -> Lock {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let command = redis::cmd("SET")
+            .arg(self.lock_key(key))
+            .arg(&owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .clone();
+        match self.run::<Option<String>>(command).await {
+            Some(Some(_)) => Lock::Acquired(owner),
+            Some(None) => Lock::Held,
+            None => Lock::Unavailable,
+        }
+    }
+
+    /// Whether some replica holds the lock for `key` (`None`: Redis did not answer).
+    pub async fn is_locked(&self, key: &CacheKey) -> Option<bool> {
+        self.run::<i64>(redis::cmd("EXISTS").arg(self.lock_key(key)).clone())
+            .await
+            .map(|n| n > 0)
+    }
+
+    /// Releases the lock if this replica still owns it.
+    pub async fn unlock(&self, key: &CacheKey, owner: &str) {
+        let mut connection = self.redis.clone();
+        let mut invocation = self.release.key(self.lock_key(key));
+        invocation.arg(owner);
+        let released = invocation.invoke_async::<i64>(&mut connection);
+        if !matches!(tokio::time::timeout(self.timeout, released).await, Ok(Ok(_))) {
+            self.metrics.shared_cache_errors.inc();
+        }
+    }
+}
