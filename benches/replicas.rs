@@ -2,66 +2,19 @@
 //! only, and 3 replicas sharing a real Redis. Run with `cargo bench --bench replicas`
 //! (needs redis-server; scripts/test installs it). Prints a table; asserts nothing.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use support::{broker, free_port, stand_in, wait_for_port, Killed};
 
 const LIFETIME_SECS: u64 = 8;
 const RUN: Duration = Duration::from_secs(24);
 const CONNECTIONS: usize = 32;
 const KEY: &str = "bench-key";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} did not open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A stand-in token endpoint issuing LIFETIME_SECS tokens, counting requests.
-fn stand_in(counter: Arc<AtomicU64>) -> (String, actix_web::dev::ServerHandle) {
-    let port = free_port();
-    let server = HttpServer::new(move || {
-        let counter = counter.clone();
-        App::new().route(
-            "/token",
-            web::post().to(move || {
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    HttpResponse::Ok().json(serde_json::json!({
-                        "access_token": format!("bench-token-{n}"), "token_type": "Bearer", "expires_in": LIFETIME_SECS,
-                    }))
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", port))
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (format!("http://127.0.0.1:{port}/token"), handle)
-}
 
 fn replica(dir: &std::path::Path, token_url: &str, redis: Option<&str>, n: usize) -> (Killed, String) {
     let port = free_port();
@@ -97,18 +50,8 @@ upstreams = {{ bench = [] }}
 "#,
         hash = token_broker::identity::hash_key(KEY),
     );
-    let path = dir.join(format!("replica-{n}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_token-broker"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    (Killed(child), format!("http://127.0.0.1:{port}/v1/token/bench"))
+    let child = broker(dir, &format!("replica-{n}"), &config, port, "warn");
+    (child, format!("http://127.0.0.1:{port}/v1/token/bench"))
 }
 
 /// Drives `urls` round-robin from CONNECTIONS tasks for RUN; returns (requests, failures).
@@ -172,7 +115,7 @@ async fn main() {
     ];
     for (name, replicas, shared) in setups {
         let counter = Arc::new(AtomicU64::new(0));
-        let (token_url, handle) = stand_in(counter.clone());
+        let (token_url, handle) = stand_in(counter.clone(), LIFETIME_SECS, Duration::ZERO);
         let dir = tempfile::tempdir().unwrap();
         let started: Vec<_> = (0..replicas)
             .map(|n| replica(dir.path(), &token_url, shared.then_some(redis_url.as_str()), n))
