@@ -26,7 +26,9 @@ fn now() -> u64 {
 }
 
 fn time_spans(c: &mut Criterion) {
-    c.bench_function("timespan: parse \"15 min\"", |b| b.iter(|| TimeSpan::parse(std::hint::black_box("15 min"))));
+    c.bench_function("timespan: parse \"15 min\"", |b| {
+        b.iter(|| TimeSpan::parse(std::hint::black_box("15 min")))
+    });
     c.bench_function("timespan: parse \"2 days ago\"", |b| {
         b.iter(|| TimeSpan::parse(std::hint::black_box("2 days ago")))
     });
@@ -59,7 +61,10 @@ fn policy(c: &mut Criterion) {
 }
 
 fn cache_hit(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (cache, upstream, _server) = runtime.block_on(async {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
@@ -104,7 +109,10 @@ fn headers(pairs: &[(HeaderName, String)]) -> HeaderMap {
 }
 
 fn authentication(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let jwk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/rsa-a.jwk.json")).unwrap()).unwrap();
     let (chain, issuer, _server) = runtime.block_on(async {

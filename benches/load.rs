@@ -114,7 +114,11 @@ upstreams = {{ bench = ["reports:read"] }}
 /// nginx with one worker answering `body` from memory, as the physical reference.
 fn nginx(dir: &std::path::Path, port: u16, body: &str) -> Killed {
     let d = dir.display();
-    let user = if Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0") { "user root;" } else { "" };
+    let user = if Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0") {
+        "user root;"
+    } else {
+        ""
+    };
     let conf = format!(
         r#"{user}
 worker_processes 1;
@@ -179,7 +183,10 @@ fn wrk(url: &str, headers: &[String]) -> Figures {
     for header in headers {
         command.args(["-H", header]);
     }
-    let output = command.arg(url).output().expect("wrk is installed (scripts/bench installs it)");
+    let output = command
+        .arg(url)
+        .output()
+        .expect("wrk is installed (scripts/bench installs it)");
     let text = String::from_utf8_lossy(&output.stdout);
     let mut figures = Figures::default();
     let mut non_2xx = 0;
@@ -218,16 +225,33 @@ async fn main() {
     let counter = Arc::new(AtomicU64::new(0));
     let (token_url, _upstream) = stand_in(counter.clone(), 3600, Duration::ZERO);
     let (port, admin) = (free_port(), free_port());
-    let broker_process = broker(dir.path(), "broker", &broker_config(port, admin, &token_url, &issuer), port, "info");
+    let broker_process = broker(
+        dir.path(),
+        "broker",
+        &broker_config(port, admin, &token_url, &issuer),
+        port,
+        "info",
+    );
     let url = format!("http://127.0.0.1:{port}/v1/token/bench");
     let jwt = id_token(&issuer, "bench-user");
 
     // Warm every path once, and take the broker's answer as nginx's body.
     let client = reqwest::Client::new();
-    let body = client.get(&url).header("X-API-Key", API_KEY).send().await.unwrap().text().await.unwrap();
+    let body = client
+        .get(&url)
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for headers in [
         vec![("Authorization", format!("Bearer {jwt}"))],
-        vec![("Cookie", "app_session=bench".to_string()), ("X-Requested-With", "bench".to_string())],
+        vec![
+            ("Cookie", "app_session=bench".to_string()),
+            ("X-Requested-With", "bench".to_string()),
+        ],
     ] {
         let mut request = client.get(&url);
         for (k, v) in headers {
@@ -242,11 +266,18 @@ async fn main() {
     let cases: Vec<(&str, String, Vec<String>)> = vec![
         ("nginx static", nginx_url.clone(), vec![]),
         ("API key", url.clone(), vec![format!("X-API-Key: {API_KEY}")]),
-        ("JWT (id_token)", url.clone(), vec![format!("Authorization: Bearer {jwt}")]),
+        (
+            "JWT (id_token)",
+            url.clone(),
+            vec![format!("Authorization: Bearer {jwt}")],
+        ),
         (
             "forward-auth cookie",
             url.clone(),
-            vec!["Cookie: app_session=bench".to_string(), "X-Requested-With: bench".to_string()],
+            vec![
+                "Cookie: app_session=bench".to_string(),
+                "X-Requested-With: bench".to_string(),
+            ],
         ),
     ];
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
@@ -267,7 +298,10 @@ async fn main() {
         let rps = median(runs[i].iter().map(|f| f.rps).collect());
         let p50 = median(runs[i].iter().map(|f| f.p50_ms).collect());
         let p99 = median(runs[i].iter().map(|f| f.p99_ms).collect());
-        println!("| {name} | {rps:.0} | {p50:.2} ms | {p99:.2} ms | {:.2}× |", rps / nginx_rps);
+        println!(
+            "| {name} | {rps:.0} | {p50:.2} ms | {p99:.2} ms | {:.2}× |",
+            rps / nginx_rps
+        );
     }
 
     // Memory: 10,000 distinct JWT users, each verified once, then held in the verified-token cache.
@@ -292,7 +326,13 @@ async fn main() {
     let cold_counter = Arc::new(AtomicU64::new(0));
     let (cold_url, _cold_upstream) = stand_in(cold_counter.clone(), 3600, Duration::from_millis(200));
     let (port, admin) = (free_port(), free_port());
-    let _cold = broker(dir.path(), "cold", &broker_config(port, admin, &cold_url, &issuer), port, "warn");
+    let _cold = broker(
+        dir.path(),
+        "cold",
+        &broker_config(port, admin, &cold_url, &issuer),
+        port,
+        "warn",
+    );
     let url = format!("http://127.0.0.1:{port}/v1/token/bench");
     let stampede = (0..1000).map(|_| client.get(&url).header("X-API-Key", API_KEY).send());
     let ok = join_all(stampede)

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
-    pub route: String,
+    pub route: &'static str,
     pub status: u16,
 }
 
@@ -25,6 +25,16 @@ pub struct UpstreamOutcome {
     pub upstream: String,
     pub outcome: &'static str,
 }
+
+/// The public routes, as label values (resources are named after their patterns).
+const KNOWN_ROUTES: &[&str] = &[
+    "/v1/token/{upstream}",
+    "/v1/token/{upstream}/refresh",
+    "/v1/public-tokens",
+    "/.well-known/jwks.json",
+    "/v1/access-token-provider.js",
+    "/v1/access-token-provider.d.ts",
+];
 
 type Durations = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
 
@@ -139,13 +149,14 @@ impl Metrics {
         self.tokens_served.get_or_create(&label).inc();
     }
 
+    /// Counts an answer; `route` is a resource name (one of a fixed set), else "unmatched".
     pub fn request(&self, route: &str, status: u16) {
-        self.http_requests
-            .get_or_create(&RouteStatus {
-                route: route.to_string(),
-                status,
-            })
-            .inc();
+        let route = KNOWN_ROUTES
+            .iter()
+            .find(|known| **known == route)
+            .copied()
+            .unwrap_or("unmatched");
+        self.http_requests.get_or_create(&RouteStatus { route, status }).inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -142,7 +142,7 @@ async fn stderr_is_json_lines_with_an_audit_line_per_token_and_no_secrets_even_a
     assert_eq!(audit["scopes"], "reports:read reports:write");
     assert_eq!(audit["cache_hit"], false);
     assert_eq!(audit["token_fingerprint"].as_str().unwrap().len(), 12);
-    assert_eq!(audit["span"]["request_id"], request_id.as_str());
+    assert_eq!(audit["request_id"], request_id.as_str());
     broker.wait_for_log("\"status\":200", Duration::from_secs(5));
 
     let logs = broker.logs();

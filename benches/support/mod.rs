@@ -33,7 +33,11 @@ pub fn wait_for_port(port: u16) {
 }
 
 /// A stand-in token endpoint issuing `lifetime_secs` tokens after `delay`, counting requests.
-pub fn stand_in(counter: Arc<AtomicU64>, lifetime_secs: u64, delay: Duration) -> (String, actix_web::dev::ServerHandle) {
+pub fn stand_in(
+    counter: Arc<AtomicU64>,
+    lifetime_secs: u64,
+    delay: Duration,
+) -> (String, actix_web::dev::ServerHandle) {
     let port = free_port();
     let server = HttpServer::new(move || {
         let counter = counter.clone();

@@ -10,7 +10,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 const SWEEP_EVERY: u64 = 10_000;
 
 pub struct IdentityRateLimit {
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Keyed by a hash of the subject, so the hot path allocates nothing.
+    limiter: Option<DefaultKeyedRateLimiter<u64>>,
     checks: std::sync::atomic::AtomicU64,
 }
 
@@ -34,8 +35,10 @@ impl IdentityRateLimit {
         if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
             limiter.retain_recent();
         }
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(subject, &mut hasher);
         limiter
-            .check_key(&subject.to_string())
+            .check_key(&std::hash::Hasher::finish(&hasher))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }

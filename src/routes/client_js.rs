@@ -7,8 +7,18 @@ const MODULE: &str = include_str!("../../client/access-token-provider.js");
 const DECLARATIONS: &str = include_str!("../../client/access-token-provider.d.ts");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/access-token-provider.js", web::get().to(module))
-        .route("/v1/access-token-provider.d.ts", web::get().to(declarations));
+    const MODULE_PATH: &str = "/v1/access-token-provider.js";
+    const DECLARATIONS_PATH: &str = "/v1/access-token-provider.d.ts";
+    cfg.service(
+        web::resource(MODULE_PATH)
+            .name(MODULE_PATH)
+            .route(web::get().to(module)),
+    )
+    .service(
+        web::resource(DECLARATIONS_PATH)
+            .name(DECLARATIONS_PATH)
+            .route(web::get().to(declarations)),
+    );
 }
 
 fn static_text(content_type: &'static str, body: &'static str) -> HttpResponse {

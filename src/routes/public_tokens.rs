@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
+use crate::http::observe::RequestId;
 use crate::identity::{Identity, Method};
 use crate::policy::{parse_scope_param, Denied, ScopeSet};
 use crate::public_tokens::{expiration, TokenScopes};
@@ -17,11 +18,16 @@ use crate::startup::{AppState, Broker};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/public-tokens")
+            .name("/v1/public-tokens")
             .wrap(no_store())
             .route(web::post().to(mint))
             .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) })),
     )
-    .route("/.well-known/jwks.json", web::get().to(jwks));
+    .service(
+        web::resource("/.well-known/jwks.json")
+            .name("/.well-known/jwks.json")
+            .route(web::get().to(jwks)),
+    );
 }
 
 #[derive(Deserialize)]
@@ -77,6 +83,7 @@ async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>
     let (token, expires_at) = tokens.mint(&request.subject, scopes, now, std::time::Duration::from_secs(exp - now));
     tracing::info!(
         target: "token_broker::audit",
+        request_id = %RequestId::of(&req),
         minter = %minter.subject,
         subject = %request.subject,
         expires_at,

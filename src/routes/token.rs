@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
+use crate::http::observe::RequestId;
 use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
 use crate::routes::common::{authenticate, read_body};
 use crate::startup::Broker;
@@ -19,12 +20,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(no_store())
             .service(
                 web::resource("/{upstream}")
+                    .name("/v1/token/{upstream}")
                     .route(web::get().to(get_token))
                     .route(web::post().to(post_token))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/{upstream}/refresh")
+                    .name("/v1/token/{upstream}/refresh")
                     .route(web::post().to(post_refresh))
                     .default_service(web::to(method_not_allowed)),
             ),
@@ -137,11 +140,12 @@ async fn serve(
                 .await
         }
     };
-    let served = served.inspect_err(|error| log_exchange_failure(upstream.name(), error))?;
+    let served = served.inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?;
     let token = served.token.access_token.expose_secret();
     broker.metrics.served(upstream.name(), served.cache_hit);
     tracing::info!(
         target: "token_broker::audit",
+        request_id = %RequestId::of(req),
         subject = %identity.subject,
         upstream = %upstream.name(),
         scopes = %join_scopes(&entitlement.scopes),
@@ -158,17 +162,19 @@ async fn serve(
     }))
 }
 
-fn log_exchange_failure(upstream: &str, error: &UpstreamError) {
+fn log_exchange_failure(req: &HttpRequest, upstream: &str, error: &UpstreamError) {
+    let request_id = RequestId::of(req);
     if matches!(error, UpstreamError::Refused { .. }) {
         // A refusal means the broker's own configuration (secret, scopes) is wrong: an operator must act.
         tracing::error!(
+            request_id,
             upstream,
             error = %error,
             oauth_error = error.oauth_error(),
             "the token endpoint refused the broker's request"
         );
     } else {
-        tracing::warn!(upstream, error = %error, "token exchange failed");
+        tracing::warn!(request_id, upstream, error = %error, "token exchange failed");
     }
 }
 

@@ -257,6 +257,13 @@ impl TokenCache {
             upstream: upstream.name().to_string(),
             scopes: scopes.clone(),
         };
+        // The hot path: a servable token in memory, without the coalescing machinery.
+        if let Some(token) = self.entries.get(&key).await {
+            let now = self.clock.now();
+            if token.serve_until > now {
+                return Ok(self.serve(upstream, key, token, now, true));
+            }
+        }
         // Two rounds at most: a stale entry is dropped once, then a fresh token is fetched.
         for _ in 0..2 {
             let fetched_here = AtomicBool::new(false);
@@ -269,22 +276,35 @@ impl TokenCache {
                 .await?;
             let now = self.clock.now();
             if token.serve_until > now {
-                if token.claim_refresh(now) {
-                    self.refresh_in_background(upstream.clone(), key, token.clone());
-                }
-                let expires_in = token.serve_until - now;
-                return Ok(Served {
-                    expires_at: self.clock.unix_now() + expires_in.as_secs(),
-                    expires_in,
-                    token,
-                    cache_hit: !fetched_here.load(Ordering::Relaxed),
-                });
+                let cache_hit = !fetched_here.load(Ordering::Relaxed);
+                return Ok(self.serve(upstream, key, token, now, cache_hit));
             }
             self.remove_if_same(&key, &token).await;
         }
         Err(Arc::new(UpstreamError::InvalidResponse(
             "token expired as soon as it was fetched",
         )))
+    }
+
+    /// Answers with a servable `token`, starting its refresh ahead of expiry when that is due.
+    fn serve(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: CacheKey,
+        token: Arc<CachedToken>,
+        now: Instant,
+        cache_hit: bool,
+    ) -> Served {
+        if token.claim_refresh(now) {
+            self.refresh_in_background(upstream.clone(), key, token.clone());
+        }
+        let expires_in = token.serve_until - now;
+        Served {
+            expires_at: self.clock.unix_now() + expires_in.as_secs(),
+            expires_in,
+            token,
+            cache_hit,
+        }
     }
 
     /// The browser says the API rejected `rejected`. When that is the cached token (and it was not
