@@ -4,7 +4,6 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
@@ -150,7 +149,7 @@ async fn serve(
         upstream = %upstream.name(),
         scopes = %join_scopes(&entitlement.scopes),
         cache_hit = served.cache_hit,
-        token_fingerprint = %fingerprint(token),
+        token_fingerprint = %served.token.fingerprint,
         "token served"
     );
     Ok(HttpResponse::Ok().json(TokenBody {
@@ -205,9 +204,4 @@ fn parse_body(req: &HttpRequest, body: web::BytesMut) -> Result<ScopeParam, ApiE
             "send the body as application/x-www-form-urlencoded or application/json".into(),
         )),
     }
-}
-
-/// A short, non-reversible name for a token in logs: the first 12 hex digits of its SHA-256.
-pub fn fingerprint(token: &str) -> String {
-    hex::encode(&Sha256::digest(token.as_bytes())[..6])
 }

@@ -16,6 +16,7 @@ use moka::ops::compute::Op;
 use moka::Expiry;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::shared::{Lock, SharedTier, StoredToken};
@@ -45,6 +46,8 @@ pub struct CacheKey {
 #[derive(Debug)]
 pub struct CachedToken {
     pub access_token: SecretString,
+    /// A short, non-reversible name for the token in logs: the first 12 hex digits of its SHA-256.
+    pub fingerprint: String,
     /// What to report as `scope`: the endpoint's granted scope, else the requested one.
     pub scope: String,
     pub fetched_at: Instant,
@@ -104,8 +107,10 @@ impl CachedToken {
         served_life: Duration,
     ) -> Self {
         let share = rand::rng().random_range(REFRESH_AT - REFRESH_JITTER..=REFRESH_AT + REFRESH_JITTER);
+        let fingerprint = hex::encode(&Sha256::digest(access_token.expose_secret().as_bytes())[..6]);
         Self {
             access_token,
+            fingerprint,
             scope,
             fetched_at,
             fetched_at_ms,
