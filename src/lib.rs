@@ -6,6 +6,7 @@ pub mod demo;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod public_tokens;
 pub mod routes;

@@ -13,6 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{AuthError, Identity, Method, Outcome};
+use crate::outbound::{self, BodyError};
 use crate::settings::ForwardSettings;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,13 +33,8 @@ pub struct ForwardAuthenticator {
 
 impl ForwardAuthenticator {
     pub fn new(settings: &ForwardSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.timeout)
-            .build()
-            .expect("static HTTP client settings");
         Self {
-            http,
+            http: outbound::client(Some(settings.timeout)),
             decisions: Cache::builder()
                 .max_capacity(DECISIONS)
                 .time_to_live(settings.cache_ttl)
@@ -107,7 +103,7 @@ impl ForwardAuthenticator {
         if let Some(authorization) = authorization {
             request = request.header(AUTHORIZATION.as_str(), authorization);
         }
-        let mut response = request
+        let response = request
             .send()
             .await
             .map_err(|_| "the session endpoint could not be reached")?;
@@ -119,13 +115,12 @@ impl ForwardAuthenticator {
             tracing::warn!(status = status.as_u16(), "the session endpoint answered an error");
             return Err("the session endpoint answered an error");
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|_| "the session answer broke off")? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err("the session answer is over 64 KiB");
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = outbound::read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => "the session answer is over 64 KiB",
+                BodyError::Transport(_) => "the session answer broke off",
+            })?;
         let json: Value = serde_json::from_slice(&body).map_err(|_| "the session answer is not JSON")?;
         let Some(subject) = field(&json, &self.settings.subject_field).and_then(scalar_string) else {
             tracing::warn!(field = %self.settings.subject_field, "the session answer has no subject");

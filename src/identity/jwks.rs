@@ -12,6 +12,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::clock::SharedClock;
+use crate::outbound::{self, BodyError};
 use crate::settings::{is_loopback_url, JwtSettings};
 
 /// Unknown `kid`s re-fetch the key set at most this often.
@@ -81,13 +82,8 @@ pub struct KeySource {
 
 impl KeySource {
     pub fn new(settings: &JwtSettings, clock: SharedClock) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.timeout)
-            .build()
-            .expect("static HTTP client settings");
         Self {
-            http,
+            http: outbound::client(Some(settings.timeout)),
             issuer: settings.issuer.trim_end_matches('/').to_string(),
             jwks_url: settings.jwks_url.clone(),
             default_max_age: settings.jwks_cache_ttl,
@@ -233,15 +229,13 @@ fn matching(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<Verifica
         .collect()
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, &'static str> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|_| "the key request broke off")? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err("the key document is over 256 KiB");
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, &'static str> {
+    outbound::read_capped(response, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => "the key document is over 256 KiB",
+            BodyError::Transport(_) => "the key request broke off",
+        })
 }
 
 /// `Cache-Control: max-age=N` (RFC 9111 §5.2.2.1).

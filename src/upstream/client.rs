@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::error::{OAuthErrorCode, UpstreamError};
+use crate::outbound::{self, BodyError};
 use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
 use crate::settings::{ClientAuthMethod, UpstreamSettings};
 
@@ -38,15 +39,10 @@ impl TokenClient {
         Self { http, default_ttl }
     }
 
-    /// The HTTP client for token endpoints: no redirects, a connection pool kept warm.
+    /// The HTTP client for token endpoints: no redirects; each upstream's `timeout` bounds the
+    /// exchange around it.
     pub fn http_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("the HTTP client's settings are static and valid")
+        outbound::client(None)
     }
 
     /// One token request to `upstream` for `scopes`. The caller bounds it in time.
@@ -131,23 +127,12 @@ fn transport_error(error: reqwest::Error) -> UpstreamError {
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
-    let declared = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(UpstreamError::InvalidResponse("response body over 64 KiB"));
+async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+    match outbound::read_capped(response, MAX_BODY_BYTES).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge) => Err(UpstreamError::InvalidResponse("response body over 64 KiB")),
+        Err(BodyError::Transport(error)) => Err(transport_error(error)),
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(MAX_BODY_BYTES));
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(UpstreamError::InvalidResponse("response body over 64 KiB"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).

@@ -1,0 +1,47 @@
+//! What every request the broker itself makes shares: no redirects followed, and response bodies
+//! read no further than a cap, so a hostile or broken server cannot fill memory.
+
+use std::time::Duration;
+
+use reqwest::header::CONTENT_LENGTH;
+
+/// A client that follows no redirect; `timeout` bounds each whole request when given.
+pub fn client(timeout: Option<Duration>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")));
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder
+        .build()
+        .expect("the HTTP client's settings are static and valid")
+}
+
+#[derive(Debug)]
+pub enum BodyError {
+    /// Declared or streamed past the cap.
+    TooLarge,
+    /// The connection failed while reading.
+    Transport(reqwest::Error),
+}
+
+/// The body of `response`, refused past `max` bytes (declared in Content-Length or streamed).
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
