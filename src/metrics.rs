@@ -137,16 +137,14 @@ impl Metrics {
         }
     }
 
-    pub fn served(&self, upstream: &str, cache_hit: bool) {
-        let label = UpstreamLabel {
-            upstream: upstream.to_string(),
-        };
+    /// Counts a token served; `label` is the upstream's, made once (see `Upstream::label`).
+    pub fn served(&self, label: &UpstreamLabel, cache_hit: bool) {
         if cache_hit {
-            self.cache_hits.get_or_create(&label).inc();
+            self.cache_hits.get_or_create(label).inc();
         } else {
-            self.cache_misses.get_or_create(&label).inc();
+            self.cache_misses.get_or_create(label).inc();
         }
-        self.tokens_served.get_or_create(&label).inc();
+        self.tokens_served.get_or_create(label).inc();
     }
 
     /// Counts an answer; `route` is a resource name (one of a fixed set), else "unmatched".

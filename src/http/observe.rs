@@ -73,7 +73,8 @@ pub async fn observe(
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let span = tracing::debug_span!("request", request_id = %request_id);
     let method = req.method().clone();
-    let path = req.path().to_string();
+    // Only the access line (debug level) needs the path: copy it only when that line is on.
+    let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(request_id.clone()));
 
     let started = Instant::now();
@@ -87,7 +88,7 @@ pub async fn observe(
             target: "token_broker::access",
             request_id = %request_id,
             method = %method,
-            path = %path,
+            path = path.as_deref().unwrap_or_default(),
             client_ip = %ClientIp(client.ip),
             scheme = %client.scheme,
             route,

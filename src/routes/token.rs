@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::http::observe::RequestId;
-use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
+use crate::policy::{parse_scope_param, ScopeList, ScopeSet};
 use crate::routes::common::{authenticate, read_body};
 use crate::startup::Broker;
 use crate::upstream::UpstreamError;
@@ -141,13 +141,13 @@ async fn serve(
     };
     let served = served.inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?;
     let token = served.token.access_token.expose_secret();
-    broker.metrics.served(upstream.name(), served.cache_hit);
+    broker.metrics.served(&upstream.label, served.cache_hit);
     tracing::info!(
         target: "token_broker::audit",
         request_id = %RequestId::of(req),
         subject = %identity.subject,
         upstream = %upstream.name(),
-        scopes = %join_scopes(&entitlement.scopes),
+        scopes = %ScopeList(&entitlement.scopes),
         cache_hit = served.cache_hit,
         token_fingerprint = %served.token.fingerprint,
         "token served"

@@ -19,7 +19,7 @@ use rand::Rng;
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::SharedClock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamLabel};
 use crate::policy::ScopeSet;
 use crate::settings::UpstreamSettings;
 
@@ -41,6 +41,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
+    /// The upstream's metric label, made once rather than on every request.
+    pub label: UpstreamLabel,
     client: TokenClient,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -71,6 +73,9 @@ enum Admission {
 impl Upstream {
     pub fn new(settings: UpstreamSettings, client: TokenClient, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
         Self {
+            label: UpstreamLabel {
+                upstream: settings.name.clone(),
+            },
             settings,
             client,
             clock,
