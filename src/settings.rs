@@ -80,7 +80,7 @@ pub struct CacheSettings {
 }
 
 /// `[cache.redis]`: a Redis (or Valkey) that replicas share.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,

@@ -97,7 +97,7 @@ impl Broker {
             || old.settings.server.admin_listen != settings.server.admin_listen
             || old.settings.server.workers != settings.server.workers
             || old.settings.cache.max_entries != settings.cache.max_entries
-            || format!("{:?}", old.settings.cache.redis) != format!("{:?}", settings.cache.redis);
+            || old.settings.cache.redis != settings.cache.redis;
         if needs_restart {
             tracing::warn!(
                 "listen addresses, workers, cache.max_entries and cache.redis take effect only after a restart"
