@@ -473,4 +473,12 @@ async fn a_rejected_token_is_replaced_once_however_many_callers_report_it() {
         .await
         .unwrap();
     assert_eq!(status_and_error(missing).await, (400, "invalid_request".into()));
+    let get = app
+        .http
+        .get(format!("{}/refresh", app.token_url("triumph")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.headers()["allow"], "POST");
+    assert_eq!(status_and_error(get).await, (405, "method_not_allowed".into()));
 }

@@ -35,7 +35,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotConfigured(&'static str),
     #[error("method not allowed")]
-    MethodNotAllowed,
+    /// With the methods the route does allow, e.g. "GET, POST".
+    MethodNotAllowed(&'static str),
     #[error("{0}")]
     Upstream(Arc<UpstreamError>),
 }
@@ -69,7 +70,7 @@ impl ApiError {
             Self::RateLimited { .. } => ("rate_limited", "too many requests; slow down".into()),
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::NotConfigured(what) => ("not_found", (*what).into()),
-            Self::MethodNotAllowed => ("method_not_allowed", "use GET or POST".into()),
+            Self::MethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => ("upstream_timeout", "the token endpoint did not answer in time".into()),
                 UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. } => (
@@ -117,7 +118,7 @@ impl ResponseError for ApiError {
             Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
             Self::UnknownUpstream | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Unreachable(_)
@@ -144,8 +145,8 @@ impl ResponseError for ApiError {
                     r#"Bearer realm="token-broker", error="invalid_token""#,
                 ));
             }
-            Self::MethodNotAllowed => {
-                response.insert_header((header::ALLOW, HeaderValue::from_static("GET, POST")));
+            Self::MethodNotAllowed(allowed) => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allowed)));
             }
             _ => {}
         }

@@ -21,7 +21,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .name("/v1/public-tokens")
             .wrap(no_store())
             .route(web::post().to(mint))
-            .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) })),
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST"))
+            })),
     )
     .service(
         web::resource("/.well-known/jwks.json")

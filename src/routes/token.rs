@@ -28,7 +28,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::resource("/{upstream}/refresh")
                     .name("/v1/token/{upstream}/refresh")
                     .route(web::post().to(post_refresh))
-                    .default_service(web::to(method_not_allowed)),
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST"))
+                    })),
             ),
     );
 }
@@ -94,7 +96,7 @@ enum Mode {
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+    Err(ApiError::MethodNotAllowed("GET, POST"))
 }
 
 /// Where the requested scope comes from; a body is read only once the caller is authenticated.
