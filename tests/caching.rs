@@ -16,11 +16,7 @@ async fn app_with(upstream: &MockServer) -> TestApp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cold_requests_reach_the_token_endpoint_once() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600).with_delay(Duration::from_millis(300)))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600).with_delay(Duration::from_millis(300))).await;
     let app = app_with(&upstream).await;
     let requests = (0..500).map(|_| app.get_token(ALICE_KEY, "triumph", Some("reports:read")));
     let responses = join_all(requests).await;
@@ -35,11 +31,7 @@ async fn concurrent_cold_requests_reach_the_token_endpoint_once() {
 
 #[tokio::test]
 async fn scope_order_and_repetition_share_one_entry() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let app = app_with(&upstream).await;
     let mut tokens = Vec::new();
     for scope in [
@@ -100,11 +92,7 @@ async fn a_failed_fetch_is_not_cached_and_the_next_request_retries() {
 
 #[tokio::test]
 async fn a_short_lived_token_loses_a_quarter_of_its_life_and_is_fetched_again_after_expiry() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3)).await;
     let app = app_with(&upstream).await;
     let first: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
     assert_eq!(first["access_token"], "token-1");

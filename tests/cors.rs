@@ -3,17 +3,12 @@
 mod helpers;
 
 use helpers::*;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer};
+use wiremock::MockServer;
 
 const ALLOWED: &str = "https://app.example.com";
 
 async fn app() -> (TestApp, MockServer) {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post").replace(
         "workers = 2",
         &format!("workers = 2\ncors_allowed_origins = [\"{ALLOWED}\", \"http://localhost:5173\"]"),

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use helpers::process::{write, BrokerProcess};
 use helpers::*;
 use serde_json::Value;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -128,11 +126,7 @@ fn logged_client(broker: &BrokerProcess, request_id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_store_survives() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
         .replace("workers = 2", "workers = 2\ntrusted_proxies = [\"127.0.0.1/32\"]");

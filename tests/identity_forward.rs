@@ -46,11 +46,7 @@ async fn session_endpoint() -> MockServer {
 }
 
 async fn app_with(session: &MockServer) -> (TestApp, MockServer) {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let authenticator = format!(
         r#"
         [[authenticators]]

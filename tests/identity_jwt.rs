@@ -24,11 +24,7 @@ upstreams = { triumph = ["reports:write"] }
 "#;
 
 async fn upstream() -> MockServer {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     upstream
 }
 

@@ -17,11 +17,7 @@ fn env_pairs() -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits_0() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(600).with_delay(Duration::from_millis(1500)))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(600).with_delay(Duration::from_millis(1500))).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
         .replace("workers = 2", "workers = 2\nshutdown_grace = \"10s\"");
@@ -61,11 +57,7 @@ async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_grant_and_keeps_the_old_configuration_when_the_new_file_is_broken() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post");
     let path = write(dir.path(), "broker.toml", &toml);

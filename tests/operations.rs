@@ -8,11 +8,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn app_with(extra_server_settings: &str) -> (TestApp, MockServer) {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
         .replace("workers = 2", &format!("workers = 2\n{extra_server_settings}"));
     (TestApp::spawn(&toml).await, upstream)

@@ -11,8 +11,7 @@ use helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use token_broker::public_tokens::SigningKey;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer};
+use wiremock::MockServer;
 
 /// The usual configuration plus `[public_tokens]` signed with `key` (previous keys after it);
 /// alice may mint.
@@ -43,11 +42,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let key = new_key(dir.path(), "current.pem");
     let app = TestApp::spawn(&config_with_keys(&upstream, &key, &[])).await;
@@ -270,11 +265,7 @@ async fn tampered_foreign_and_expired_tokens_are_401() {
 
 #[tokio::test]
 async fn a_token_signed_by_a_key_moved_to_previous_keys_is_still_accepted() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let old = new_key(dir.path(), "old.pem");
     let new = new_key(dir.path(), "new.pem");

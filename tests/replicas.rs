@@ -10,8 +10,7 @@ use helpers::process::{write, BrokerProcess};
 use helpers::redis_server::RedisServer;
 use helpers::*;
 use serde_json::Value;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer};
+use wiremock::MockServer;
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 const OTHER_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
@@ -56,11 +55,7 @@ async fn token_of(response: reqwest::Response) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_make_one_upstream_request_for_300_concurrent_cold_requests() {
     let redis = RedisServer::start();
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600).with_delay(Duration::from_millis(300)))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600).with_delay(Duration::from_millis(300))).await;
     let dir = tempfile::tempdir().unwrap();
     let replicas = start_replicas(dir.path(), &replica_config(&upstream, &redis, KEY), 3);
     let http = reqwest::Client::new();
@@ -79,11 +74,7 @@ async fn three_replicas_make_one_upstream_request_for_300_concurrent_cold_reques
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_holds_no_readable_token_and_a_replica_with_another_key_fetches_for_itself() {
     let redis = RedisServer::start();
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let replicas = start_replicas(dir.path(), &replica_config(&upstream, &redis, KEY), 2);
     let http = reqwest::Client::new();
@@ -120,11 +111,7 @@ async fn redis_holds_no_readable_token_and_a_replica_with_another_key_fetches_fo
 async fn a_frozen_then_killed_redis_fails_no_request_and_service_recovers_when_it_returns() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let replicas = start_replicas(dir.path(), &replica_config(&upstream, &redis, KEY), 2);
     let http = reqwest::Client::new();

@@ -391,11 +391,7 @@ async fn a_refusal_is_remembered_so_a_wrong_secret_does_not_hammer_the_upstream(
 
 #[tokio::test]
 async fn past_the_hourly_quota_cached_tokens_are_served_and_fresh_fetches_refused() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
         .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_tokens_per_hour = 2");
     let app = TestApp::spawn(&toml).await;
@@ -433,11 +429,7 @@ async fn report(app: &TestApp, key: &str, token: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_rejected_token_is_replaced_once_however_many_callers_report_it() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(3600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let app = app_with(&upstream).await;
     let first: Value = app.get_token(BOB_KEY, "triumph", None).await.json().await.unwrap();
     assert_eq!(first["access_token"], "token-1");

@@ -62,11 +62,7 @@ async fn client_secret_basic_form_urlencodes_the_credentials_before_base64() {
 
 #[tokio::test]
 async fn client_secret_post_sends_the_credentials_in_the_body() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
     let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
     assert_eq!(app.get_token(BOB_KEY, "triumph", None).await.status(), 200);
 
@@ -81,11 +77,7 @@ async fn client_secret_post_sends_the_credentials_in_the_body() {
 
 #[tokio::test]
 async fn audience_and_extra_params_are_sent_and_an_empty_grant_sends_no_scope() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&upstream)
-        .await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
     let token_url = format!("{}/token", upstream.uri());
     let toml = config(&token_url, "client_secret_post")
         .replace(

@@ -151,6 +151,16 @@ impl Respond for IssueTokens {
     }
 }
 
+/// A mock token endpoint answering every POST with `responder` (usually [`IssueTokens`]).
+pub async fn token_endpoint(responder: impl Respond + 'static) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(responder)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// How many requests the mock token endpoint received.
 pub async fn upstream_calls(server: &wiremock::MockServer) -> usize {
     server.received_requests().await.map_or(0, |r| r.len())
