@@ -79,6 +79,15 @@ impl Broker {
         self.state.load_full()
     }
 
+    /// The configuration a request is served with: taken once when it arrives (by the observe
+    /// middleware), so a reload in the middle of a request never mixes two configurations.
+    pub fn state_for(&self, req: &impl actix_web::HttpMessage) -> Arc<AppState> {
+        req.extensions()
+            .get::<Arc<AppState>>()
+            .cloned()
+            .unwrap_or_else(|| self.state())
+    }
+
     /// Swaps in a new configuration. Tokens of upstreams whose endpoint or credentials changed, or
     /// that were removed, are dropped; the others stay cached.
     pub fn reload(&self, settings: Settings) {

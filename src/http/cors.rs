@@ -40,10 +40,8 @@ pub async fn cors(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<Broker>>()
-        .expect("Broker is registered")
-        .state();
+    let broker = req.app_data::<web::Data<Broker>>().expect("Broker is registered");
+    let state = broker.state_for(&req);
     let policy = &state.cors;
     let allowed = policy.allowed(req.headers().get(header::ORIGIN)).cloned();
 

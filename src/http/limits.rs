@@ -14,13 +14,8 @@ pub async fn header_size(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let limit = req
-        .app_data::<web::Data<Broker>>()
-        .expect("Broker is registered")
-        .state()
-        .settings
-        .server
-        .max_header_bytes;
+    let broker = req.app_data::<web::Data<Broker>>().expect("Broker is registered");
+    let limit = broker.state_for(&req).settings.server.max_header_bytes;
     if limit == 0 {
         return Ok(next.call(req).await?.map_into_left_body());
     }

@@ -61,9 +61,9 @@ pub async fn observe(
         .app_data::<web::Data<Broker>>()
         .expect("Broker is registered")
         .clone();
+    let state = broker.state();
     let scheme = if req.app_config().secure() { "https" } else { "http" };
-    let client = broker
-        .state()
+    let client = state
         .trusted_proxies
         .client(req.peer_addr().map(|a| a.ip()), scheme, req.headers());
     let request_id = client
@@ -76,6 +76,7 @@ pub async fn observe(
     // Only the access line (debug level) needs the path: copy it only when that line is on.
     let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(request_id.clone()));
+    actix_web::HttpMessage::extensions_mut(&req).insert(state);
 
     let started = Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;

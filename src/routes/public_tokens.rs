@@ -58,7 +58,7 @@ enum ScopeRequest {
 }
 
 async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
-    let state = broker.state();
+    let state = broker.state_for(&req);
     let (Some(tokens), Some(settings)) = (&state.public_tokens, &state.settings.public_tokens) else {
         return Err(ApiError::NotConfigured("public tokens are not configured"));
     };

@@ -112,7 +112,7 @@ async fn serve(
     mode: Mode,
     broker: &Broker,
 ) -> Result<HttpResponse, ApiError> {
-    let state = broker.state();
+    let state = broker.state_for(req);
     let identity = authenticate(req, &state).await?;
     let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
     let param = match requested {
