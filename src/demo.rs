@@ -3,7 +3,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::http::header::AUTHORIZATION;
@@ -23,21 +22,19 @@ const TOKEN_LIFETIME_SECS: u64 = 60;
 pub struct StandIn {
     pub url: String,
     pub server: Server,
-    pub issued: Arc<AtomicU64>,
 }
 
 struct StandInState {
     client_secret: String,
-    issued: Arc<AtomicU64>,
+    issued: AtomicU64,
 }
 
 pub fn start_stand_in(client_secret: String) -> std::io::Result<StandIn> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/token", listener.local_addr()?);
-    let issued = Arc::new(AtomicU64::new(0));
     let state = web::Data::new(StandInState {
         client_secret,
-        issued: issued.clone(),
+        issued: AtomicU64::new(0),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -47,7 +44,7 @@ pub fn start_stand_in(client_secret: String) -> std::io::Result<StandIn> {
     .workers(1)
     .listen(listener)?
     .run();
-    Ok(StandIn { url, server, issued })
+    Ok(StandIn { url, server })
 }
 
 async fn issue(

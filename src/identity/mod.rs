@@ -14,7 +14,7 @@ use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 
 pub use api_key::{hash_key, ApiKeyAuthenticator};
 pub use forward::ForwardAuthenticator;
-pub use jwt::{looks_like_jwt, unverified_issuer, JwtAuthenticator};
+pub use jwt::{unverified_issuer, JwtAuthenticator};
 pub use public_token::PublicTokenAuthenticator;
 
 use std::sync::Arc;

@@ -469,8 +469,4 @@ impl TokenCache {
             })
             .await;
     }
-
-    pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
-    }
 }
