@@ -53,6 +53,9 @@ async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits
         "{:?}",
         signalled.elapsed()
     );
+    // Info lines are buffered on their way out; a graceful stop writes out every one, the last too.
+    broker.wait_for_log("token served", Duration::from_secs(2));
+    broker.wait_for_log("\"message\":\"stopped\"", Duration::from_secs(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,13 @@ impl RequestId {
             .map(|id| id.0.clone())
             .unwrap_or_default()
     }
+
+    /// Calls `f` with the id of `req` (or "") without copying it.
+    pub fn with<R>(req: &actix_web::HttpRequest, f: impl FnOnce(&str) -> R) -> R {
+        use actix_web::HttpMessage;
+        let extensions = req.extensions();
+        f(extensions.get::<RequestId>().map_or("", |id| id.0.as_str()))
+    }
 }
 
 fn usable_request_id(value: &HeaderValue) -> Option<String> {
