@@ -6,6 +6,7 @@
 //! because every token served logs an audit line. The lines then gather in [`Buffered`] and go to
 //! stderr in batches.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write};
 use std::str::FromStr;
 
@@ -82,20 +83,40 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        // `writer` is the fmt layer's reused per-thread buffer, written out in one call afterwards.
-        let line = &mut writer;
-        line.write_str("{\"timestamp\":\"")?;
-        write_timestamp(line, OffsetDateTime::now_utc())?;
-        line.write_str("\",\"level\":\"")?;
-        line.write_str(event.metadata().level().as_str())?;
-        line.write_char('"')?;
-        let mut fields = JsonFields { line, result: Ok(()) };
-        event.record(&mut fields);
-        fields.result?;
-        line.write_str(",\"target\":")?;
-        push_json_string(line, event.metadata().target())?;
-        line.write_str("}\n")
+        thread_local! {
+            // Built in a plain String (the Writer dispatches every small write dynamically), kept
+            // per thread so no line allocates.
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+        }
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                json_line(&mut line, event)?;
+                writer.write_str(&line)
+            }
+            // A value's Display that logs: format that inner event on its own.
+            Err(_) => {
+                let mut line = String::new();
+                json_line(&mut line, event)?;
+                writer.write_str(&line)
+            }
+        })
     }
+}
+
+fn json_line(line: &mut String, event: &Event<'_>) -> fmt::Result {
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(line, OffsetDateTime::now_utc())?;
+    line.push_str("\",\"level\":\"");
+    line.push_str(event.metadata().level().as_str());
+    line.push('"');
+    let mut fields = JsonFields { line, result: Ok(()) };
+    event.record(&mut fields);
+    fields.result?;
+    line.push_str(",\"target\":");
+    push_json_string(line, event.metadata().target())?;
+    line.push_str("}\n");
+    Ok(())
 }
 
 /// RFC 3339 in UTC with microseconds: `2026-11-22T00:04:45.966552Z`.
