@@ -163,6 +163,8 @@ struct Figures {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time (user + system) the server spent per request, in microseconds.
+    cpu_us: f64,
 }
 
 /// wrk's latency figure ("812.00us", "1.20ms", "2.01s") in milliseconds.
@@ -177,7 +179,38 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-fn wrk(url: &str, headers: &[String]) -> Figures {
+/// CPU time a process has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is 3rd, utime 14th, stime 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// The children of `parent` (nginx's worker, under its master), found through `/proc`.
+fn children(parent: u32) -> Vec<u32> {
+    let ppid = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| ppid(pid) == Some(parent))
+        .collect()
+}
+
+/// Clock ticks per second, as `/proc/<pid>/stat` counts them (USER_HZ: 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// wrk against `url`, with the CPU time `server` spent over the run divided by the requests made.
+fn wrk(url: &str, headers: &[String], server: u32) -> Figures {
+    let ticks_before = cpu_ticks(server);
     let mut command = Command::new("wrk");
     command.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency"]);
     for header in headers {
@@ -190,6 +223,7 @@ fn wrk(url: &str, headers: &[String]) -> Figures {
     let text = String::from_utf8_lossy(&output.stdout);
     let mut figures = Figures::default();
     let mut non_2xx = 0;
+    let mut requests = 0u64;
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -197,9 +231,12 @@ fn wrk(url: &str, headers: &[String]) -> Figures {
             ["50%", latency] => figures.p50_ms = millis(latency),
             ["99%", latency] => figures.p99_ms = millis(latency),
             ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse().unwrap_or(0),
+            [n, "requests", "in", ..] => requests = n.parse().unwrap_or(0),
             _ => {}
         }
     }
+    let ticks = cpu_ticks(server) - ticks_before;
+    figures.cpu_us = ticks as f64 / TICKS_PER_SECOND * 1e6 / requests.max(1) as f64;
     assert_eq!(non_2xx, 0, "{url} answered errors under load:\n{text}");
     figures
 }
@@ -260,16 +297,30 @@ async fn main() {
         assert!(request.send().await.unwrap().status().is_success());
     }
     let nginx_port = free_port();
-    let _nginx = nginx(dir.path(), nginx_port, &body);
+    let nginx_process = nginx(dir.path(), nginx_port, &body);
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/v1/token/bench");
+    // The process whose CPU time each case is charged: nginx's one worker, the broker itself.
+    let nginx_worker = loop {
+        if let [worker] = children(nginx_process.0.id())[..] {
+            break worker;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let broker_pid = broker_process.0.id();
 
-    let cases: Vec<(&str, String, Vec<String>)> = vec![
-        ("nginx static", nginx_url.clone(), vec![]),
-        ("API key", url.clone(), vec![format!("X-API-Key: {API_KEY}")]),
+    let cases: Vec<(&str, String, Vec<String>, u32)> = vec![
+        ("nginx static", nginx_url.clone(), vec![], nginx_worker),
+        (
+            "API key",
+            url.clone(),
+            vec![format!("X-API-Key: {API_KEY}")],
+            broker_pid,
+        ),
         (
             "JWT (id_token)",
             url.clone(),
             vec![format!("Authorization: Bearer {jwt}")],
+            broker_pid,
         ),
         (
             "forward-auth cookie",
@@ -278,28 +329,30 @@ async fn main() {
                 "Cookie: app_session=bench".to_string(),
                 "X-Requested-With: bench".to_string(),
             ],
+            broker_pid,
         ),
     ];
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
     // Interleaved rounds, so drift in the machine's speed hits every case alike.
     for _ in 0..ROUNDS {
-        for (i, (_, url, headers)) in cases.iter().enumerate() {
-            runs[i].push(wrk(url, headers));
+        for (i, (_, url, headers, server)) in cases.iter().enumerate() {
+            runs[i].push(wrk(url, headers, *server));
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "warm paths: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians), broker and nginx with 1 worker each, {cores} cores, broker logging at info"
     );
-    println!("| case | requests/s | p50 | p99 | vs nginx |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| case | requests/s | p50 | p99 | vs nginx | server CPU per request |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let nginx_rps = median(runs[0].iter().map(|f| f.rps).collect());
-    for (i, (name, _, _)) in cases.iter().enumerate() {
+    for (i, (name, ..)) in cases.iter().enumerate() {
         let rps = median(runs[i].iter().map(|f| f.rps).collect());
         let p50 = median(runs[i].iter().map(|f| f.p50_ms).collect());
         let p99 = median(runs[i].iter().map(|f| f.p99_ms).collect());
+        let cpu = median(runs[i].iter().map(|f| f.cpu_us).collect());
         println!(
-            "| {name} | {rps:.0} | {p50:.2} ms | {p99:.2} ms | {:.2}× |",
+            "| {name} | {rps:.0} | {p50:.2} ms | {p99:.2} ms | {:.2}× | {cpu:.1} µs |",
             rps / nginx_rps
         );
     }
