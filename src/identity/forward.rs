@@ -59,10 +59,15 @@ impl ForwardAuthenticator {
         hasher.update(authorization.unwrap_or("").as_bytes());
         let key: [u8; 32] = hasher.finalize().into();
 
-        let decision = self
-            .decisions
-            .try_get_with(key, self.ask(&cookies, authorization))
-            .await;
+        // A decision in memory is read without the coalescing machinery of `try_get_with`.
+        let decision = match self.decisions.get(&key).await {
+            Some(decision) => Ok(decision),
+            None => {
+                self.decisions
+                    .try_get_with(key, self.ask(&cookies, authorization))
+                    .await
+            }
+        };
         match decision {
             Ok(Decision::Allowed(identity)) => {
                 let mut identity = (*identity).clone();

@@ -179,7 +179,11 @@ mod tests {
     #[test]
     fn a_bearer_token_is_read_from_the_authorization_header_and_anything_else_is_not() {
         assert_eq!(token_of(b"Bearer abc.def-_~+/="), Some("abc.def-_~+/=".into()));
-        assert_eq!(token_of(b"bearer \tabc "), Some("abc".into()), "scheme in any case, token trimmed");
+        assert_eq!(
+            token_of(b"bearer \tabc "),
+            Some("abc".into()),
+            "scheme in any case, token trimmed"
+        );
         assert_eq!(token_of(b"Basic YWxhZGRpbjpvcGVuc2VzYW1l"), None);
         assert_eq!(token_of(b"Bearer "), None);
         assert_eq!(token_of(b"Bearer"), None);
