@@ -1,7 +1,7 @@
 //! Logging with `tracing`: JSON lines when serving, compact text for the demo.
 //!
 //! The JSON lines are written by [`JsonLines`], a lean formatter: one flat object per event
-//! (`timestamp`, `level`, the event's fields, `target`), built in the fmt layer's per-thread buffer.
+//! (`timestamp`, `level`, the event's fields, `target`), built in a reused per-thread String.
 //! It does the work of tracing-subscriber's JSON format at a fraction of the cost, which matters
 //! because every token served logs an audit line. The lines then gather in [`Buffered`] and go to
 //! stderr in batches.
@@ -11,9 +11,6 @@ use std::fmt::{self, Write};
 use std::str::FromStr;
 
 use time::OffsetDateTime;
-
-mod buffered;
-pub use buffered::{Buffered, FLUSH_EVERY};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -22,6 +19,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+
+mod buffered;
+pub use buffered::{Buffered, FLUSH_EVERY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -3,7 +3,8 @@
 //! Serving a token logs an audit line, and giving each line its own write(2) cost about a tenth of
 //! the token route's CPU time. Here lines gather and go out together: when 32 KiB have gathered,
 //! when a warning or an error is logged (it goes out at once, with everything before it), every
-//! [`FLUSH_EVERY`] from a background thread, and when the [`LogGuard`] drops or a panic unwinds.
+//! [`FLUSH_EVERY`] from a background thread, when the [`super::LogGuard`] drops, and before a
+//! panic's message is printed.
 //! A crash (SIGKILL, out of memory) can lose at most the last [`FLUSH_EVERY`] of info lines.
 
 use std::io::{self, BufWriter, Write};
