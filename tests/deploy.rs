@@ -37,6 +37,48 @@ fn systemd_analyze_verify_accepts_the_unit() {
     assert!(stderr.trim().is_empty(), "systemd-analyze warns: {stderr}");
 }
 
+/// The Dockerfile's build stage sees only what it COPYs: that must be enough to compile the
+/// binary. (There is no Docker engine here; this reproduces the build context and checks it.)
+#[test]
+fn the_dockerfile_build_stage_copies_everything_the_build_needs() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/deploy/Dockerfile")).unwrap();
+    let build_stage = dockerfile.split("\nFROM ").nth(1).unwrap();
+    let context = tempfile::tempdir().unwrap();
+    for line in build_stage.lines().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (destination, sources) = words.split_last().unwrap();
+        assert!(destination.starts_with("./"), "{line}");
+        for source in sources {
+            copy_tree(&Path::new(ROOT).join(source), &context.path().join(source));
+        }
+    }
+    // `cargo check` compiles what `cargo build` would (include_str! files, declared targets)
+    // without code generation; its own target directory, as the running tests hold the usual one.
+    let output = Command::new(env!("CARGO"))
+        .args(["check", "--locked", "--offline", "--release", "--bins"])
+        .current_dir(context.path())
+        .env("CARGO_TARGET_DIR", format!("{ROOT}/target/dockerfile-context"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the Dockerfile's build stage would fail:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
 fn free_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
