@@ -83,6 +83,9 @@ pub struct CacheSettings {
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
+    /// With a `rediss://` URL: the CA certificates (PEM) Redis's certificate must chain to, read
+    /// from `ca_file`; absent, the system's trusted roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub key_prefix: String,
     /// AES-256-GCM key for the stored tokens.
     pub encryption_key: [u8; 32],
@@ -93,6 +96,10 @@ impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url_password(&self.url))
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|pem| format!("{} bytes", pem.len())),
+            )
             .field("key_prefix", &self.key_prefix)
             .field("encryption_key", &"[redacted]")
             .field("timeout", &self.timeout)
@@ -405,6 +412,7 @@ mod file {
     #[serde(deny_unknown_fields)]
     pub struct Redis {
         pub url: Secret,
+        pub ca_file: Option<String>,
         pub key_prefix: Option<String>,
         pub encryption_key: Secret,
         pub timeout: Option<DurationText>,
@@ -1039,17 +1047,45 @@ fn validate_redis(check: &mut Check, raw: &file::Redis, env: &Env) -> Option<Red
     // The URL may carry a password, so it is read like a secret: literal, env or file.
     let url = check.secret("cache.redis.url", &raw.url, env);
     let url = url.expose_secret().to_string();
-    let url_ok = match Url::parse(&url) {
-        Ok(parsed) if parsed.scheme() == "redis" => true,
+    let parsed = Url::parse(&url).ok();
+    let tls = parsed.as_ref().is_some_and(|u| u.scheme() == "rediss");
+    let url_ok = match &parsed {
+        Some(u) if u.fragment() == Some("insecure") => {
+            check.problem(
+                "cache.redis.url",
+                "#insecure would accept any certificate: give cache.redis.ca_file, the CA that signed Redis's certificate",
+            );
+            false
+        }
+        Some(u) if u.scheme() == "redis" || u.scheme() == "rediss" => true,
         _ if url.is_empty() => false,
         _ => {
             check.problem(
                 "cache.redis.url",
-                "must be a redis:// URL such as redis://127.0.0.1:6379/0",
+                "must be a redis:// or rediss:// (TLS) URL such as redis://127.0.0.1:6379/0",
             );
             false
         }
     };
+    let ca_pem = raw.ca_file.as_deref().and_then(|path| {
+        if !tls {
+            check.problem("cache.redis.ca_file", "applies to a rediss:// (TLS) url only");
+            return None;
+        }
+        match std::fs::read(path) {
+            Ok(pem) if pem::parse_many(&pem).is_ok_and(|blocks| blocks.iter().any(|b| b.tag() == "CERTIFICATE")) => {
+                Some(pem)
+            }
+            Ok(_) => {
+                check.problem("cache.redis.ca_file", format!("{path}: no PEM certificate in it"));
+                None
+            }
+            Err(e) => {
+                check.problem("cache.redis.ca_file", format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    });
     let key = check.secret("cache.redis.encryption_key", &raw.encryption_key, env);
     let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim());
     let encryption_key: Option<[u8; 32]> = match decoded {
@@ -1074,6 +1110,7 @@ fn validate_redis(check: &mut Check, raw: &file::Redis, env: &Env) -> Option<Red
     (url_ok).then_some(())?;
     Some(RedisSettings {
         url,
+        ca_pem,
         key_prefix,
         encryption_key: encryption_key?,
         timeout,
@@ -1358,6 +1395,45 @@ mod tests {
         assert_eq!(keys, ["cache.redis.url", "cache.redis.encryption_key"]);
         let password = redact_url_password("redis://:hunter2@127.0.0.1:6379/0");
         assert!(!password.contains("hunter2"), "{password}");
+    }
+
+    #[test]
+    fn a_tls_redis_is_rediss_with_certificate_checks_that_cannot_be_turned_off() {
+        const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]))).unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let with = |url: &str, ca_file: Option<&std::path::Path>| {
+            let ca_line = ca_file.map_or(String::new(), |p| format!("ca_file = \"{}\"\n", p.display()));
+            format!("{MINIMAL}\n[cache.redis]\nurl = \"{url}\"\nencryption_key = \"{KEY}\"\n{ca_line}")
+        };
+        let env = env(&[("TRIUMPH_SECRET", "s")]);
+        let problem_keys = |toml: String| -> Vec<String> {
+            let problems = Settings::from_toml(&toml, &env).unwrap_err();
+            problems.0.iter().map(|p| format!("{}: {}", p.key, p.message)).collect()
+        };
+
+        let system_roots = Settings::from_toml(&with("rediss://redis.internal:6380/0", None), &env).unwrap();
+        assert_eq!(system_roots.cache.redis.unwrap().ca_pem, None);
+        let own_ca = Settings::from_toml(&with("rediss://redis.internal:6380/0", Some(&ca)), &env).unwrap();
+        assert_eq!(own_ca.cache.redis.unwrap().ca_pem, Some(std::fs::read(&ca).unwrap()));
+
+        let insecure = problem_keys(with("rediss://redis.internal:6380/0#insecure", None));
+        assert!(insecure[0].starts_with("cache.redis.url: #insecure"), "{insecure:?}");
+        let plain = problem_keys(with("redis://redis.internal:6379/0", Some(&ca)));
+        assert_eq!(plain, ["cache.redis.ca_file: applies to a rediss:// (TLS) url only"]);
+        let not_a_certificate = problem_keys(with("rediss://redis.internal:6380/0", Some(&not_pem)));
+        assert!(
+            not_a_certificate[0].contains("no PEM certificate"),
+            "{not_a_certificate:?}"
+        );
+        let missing = problem_keys(with("rediss://r:6380/0", Some(&dir.path().join("absent.pem"))));
+        assert!(
+            missing[0].starts_with("cache.redis.ca_file: cannot read"),
+            "{missing:?}"
+        );
     }
 
     #[test]

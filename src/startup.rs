@@ -247,6 +247,9 @@ impl Application {
         let admin = self.admin.handle();
         let mut server = tokio::spawn(self.server);
         let admin_task = tokio::spawn(self.admin);
+        if let Some(probe) = self.broker.tokens.probe_shared() {
+            tokio::spawn(probe);
+        }
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;

@@ -108,6 +108,50 @@ async fn redis_holds_no_readable_token_and_a_replica_with_another_key_fetches_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_a_tls_redis_and_one_that_does_not_trust_its_certificate_shares_nothing() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_tls(redis_dir.path());
+    let ca_file = redis.ca_file.clone().unwrap();
+    let upstream = token_endpoint(IssueTokens::new(3600).with_delay(Duration::from_millis(300))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusting = format!(
+        "{}ca_file = \"{}\"\n",
+        replica_config(&upstream, &redis, KEY),
+        ca_file.display()
+    );
+    assert!(trusting.contains("url = \"rediss://127.0.0.1:"), "{trusting}");
+    let replicas = start_replicas(dir.path(), &trusting, 2);
+    let http = reqwest::Client::new();
+    let responses = join_all((0..100).map(|i| get(&http, &replicas[i % 2], "reports:read"))).await;
+    let mut tokens = Vec::new();
+    for response in responses {
+        tokens.push(token_of(response).await);
+    }
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "both replicas serve one token");
+    assert_eq!(upstream_calls(&upstream).await, 1);
+    assert!(!redis.dump().await.is_empty(), "the token went through Redis, over TLS");
+
+    // Without ca_file the system's roots are trusted, and the test CA is not among them.
+    let other_dir = tempfile::tempdir().unwrap();
+    let distrusting = start_replicas(other_dir.path(), &replica_config(&upstream, &redis, KEY), 1);
+    let own = token_of(get(&http, &distrusting[0], "reports:read").await).await;
+    assert_ne!(
+        own, tokens[0],
+        "nothing was read from a Redis whose certificate is not trusted"
+    );
+    assert_eq!(upstream_calls(&upstream).await, 2);
+    // The operator is told why, once, at start-up.
+    let warning = distrusting[0].wait_for_log("shared cache: Redis is not usable", Duration::from_secs(10));
+    assert!(
+        warning.contains("certificate") || warning.contains("UnknownIssuer"),
+        "{warning}"
+    );
+    for replica in &replicas {
+        replica.wait_for_log("shared cache: Redis answers", Duration::from_secs(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_then_killed_redis_fails_no_request_and_service_recovers_when_it_returns() {
     let mut redis = RedisServer::start();
     let port = redis.port;

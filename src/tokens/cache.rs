@@ -350,6 +350,11 @@ impl TokenCache {
     }
 
     /// A still-servable token another replica stored, if any.
+    /// A one-off check of the shared tier, when there is one (see [`SharedTier::probe`]).
+    pub fn probe_shared(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.shared.as_ref().map(|shared| shared.probe())
+    }
+
     async fn adopt(&self, shared: &SharedTier, key: &CacheKey) -> Option<Arc<CachedToken>> {
         let stored = shared.read(key).await?;
         let (now, now_ms) = self.now();

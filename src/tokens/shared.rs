@@ -48,6 +48,8 @@ pub enum Lock {
 
 pub struct SharedTier {
     redis: ConnectionManager,
+    /// The URL's password, kept only to keep it out of log lines.
+    password: Option<String>,
     namespace: String,
     cipher: Aes256Gcm,
     timeout: Duration,
@@ -58,8 +60,18 @@ pub struct SharedTier {
 impl SharedTier {
     /// Connects lazily: a Redis that is down at start-up is retried on use, never fatal.
     pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
+        let client = match &settings.ca_pem {
+            // Only this CA is trusted; without it a rediss:// URL trusts the system's roots.
+            Some(ca) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(settings.url.as_str()),
+        }
+        .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
@@ -69,8 +81,12 @@ impl SharedTier {
         let key_id = hex::encode(
             &Sha256::digest([b"token-broker cache key id:".as_slice(), &settings.encryption_key].concat())[..4],
         );
+        let password = url::Url::parse(&settings.url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_string));
         Ok(Self {
             redis,
+            password,
             namespace: format!("{}{key_id}:", settings.key_prefix),
             cipher: Aes256Gcm::new(&settings.encryption_key.into()),
             timeout: settings.timeout,
@@ -95,6 +111,32 @@ impl SharedTier {
 
     fn lock_key(&self, key: &CacheKey) -> String {
         format!("{}lock:{}", self.namespace, Self::hashed(key))
+    }
+
+    /// Checks once that Redis answers, and warns when it does not. Failures while serving are
+    /// counted (`shared_cache_errors`) and logged at debug level only, so a wrong address,
+    /// password or CA certificate would otherwise pass unnoticed at start-up.
+    pub fn probe(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut connection = self.redis.clone();
+        let within = self.timeout.max(Duration::from_secs(5));
+        let password = self.password.clone();
+        async move {
+            let ping = redis::cmd("PING");
+            let failure = match tokio::time::timeout(within, ping.query_async::<String>(&mut connection)).await {
+                Ok(Ok(_)) => return tracing::info!("shared cache: Redis answers"),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {within:?}"),
+            };
+            // The redis crate's messages carry no password, and this makes sure of it.
+            let failure = match &password {
+                Some(password) if !password.is_empty() => failure.replace(password.as_str(), "[redacted]"),
+                _ => failure,
+            };
+            tracing::warn!(
+                error = %failure,
+                "shared cache: Redis is not usable; each replica fetches its own tokens until it is"
+            );
+        }
     }
 
     /// Runs one Redis command within the timeout; failures are counted, never raised.

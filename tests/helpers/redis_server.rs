@@ -1,13 +1,15 @@
-//! A real `redis-server` (Debian's) on a free loopback port, without persistence.
+//! A real `redis-server` (Debian's) on a free loopback port, without persistence; plain or TLS only.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// With TLS: the CA (PEM file) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -17,21 +19,56 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, &["--port", &port.to_string()], None)
+    }
+
+    /// A redis-server that speaks TLS only, its certificate (for 127.0.0.1) signed by a CA made
+    /// for the test and written to `dir/ca.pem`.
+    pub fn start_tls(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("redis.crt"), dir.join("redis.key"));
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let args = [
+            "--port".to_string(),
+            "0".to_string(),
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            path(&cert_file),
+            "--tls-key-file".to_string(),
+            path(&key_file),
+            "--tls-ca-cert-file".to_string(),
+            path(&ca_file),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn(port, &args, Some(ca_file))
+    }
+
+    fn spawn(port: u16, listen: &[&str], ca_file: Option<PathBuf>) -> Self {
         let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("redis-server is not installed: run scripts/test, which installs it");
         let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -44,11 +81,13 @@ impl RedisServer {
         Self {
             child: Some(child),
             port,
+            ca_file,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.ca_file.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn signal(&self, name: &str) {
@@ -69,7 +108,17 @@ impl RedisServer {
 
     /// Every key and its raw value.
     pub async fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let client = redis::Client::open(self.url()).unwrap();
+        let client = match &self.ca_file {
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).unwrap()),
+                },
+            ),
+            None => redis::Client::open(self.url()),
+        }
+        .unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
         let mut out = Vec::new();
