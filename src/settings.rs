@@ -153,6 +153,16 @@ impl UpstreamSettings {
             && self.audience == other.audience
             && self.params == other.params
     }
+
+    /// Whether nothing at all differs, so the upstream's state (circuit breaker, remembered
+    /// refusals, hourly quota) carries over a reload.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.same_credentials(other)
+            && self.name == other.name
+            && self.scopes == other.scopes
+            && self.timeout == other.timeout
+            && self.max_tokens_per_hour == other.max_tokens_per_hour
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +177,7 @@ pub enum AuthenticatorSettings {
 }
 
 /// An OIDC issuer whose id_tokens authenticate callers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtSettings {
     /// The issuer as configured; discovery starts from it.
     pub issuer: String,
@@ -186,7 +196,7 @@ pub struct JwtSettings {
 }
 
 /// The app's own session endpoint, asked with the caller's cookies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardSettings {
     pub url: Url,
     pub forward_cookies: Vec<String>,

@@ -35,7 +35,7 @@ pub struct AppState {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub cors: CorsPolicy,
     pub trusted_proxies: TrustedProxies,
-    pub rate_limit: IdentityRateLimit,
+    pub rate_limit: Arc<IdentityRateLimit>,
 }
 
 /// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
@@ -63,7 +63,7 @@ impl Broker {
             settings.cache.refresh_skew,
             shared,
         );
-        let state = build_state(settings, &clock, &http, &metrics);
+        let state = build_state(settings, &clock, &http, &metrics, None);
         Ok(Self {
             state: ArcSwap::from_pointee(state),
             tokens,
@@ -113,8 +113,8 @@ impl Broker {
             );
         }
         self.tokens.set_refresh_skew(settings.cache.refresh_skew);
-        self.state
-            .store(Arc::new(build_state(settings, &self.clock, &self.http, &self.metrics)));
+        let state = build_state(settings, &self.clock, &self.http, &self.metrics, Some(&old));
+        self.state.store(Arc::new(state));
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -126,14 +126,35 @@ impl Broker {
     }
 }
 
-fn build_state(settings: Settings, clock: &SharedClock, http: &reqwest::Client, metrics: &Arc<Metrics>) -> AppState {
+/// The state for `settings`. On a reload (`previous`), what did not change carries over with what
+/// it has learnt: an upstream's breaker, refusals and quota; an issuer's keys and verified tokens;
+/// forward-auth decisions.
+fn build_state(
+    settings: Settings,
+    clock: &SharedClock,
+    http: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+    previous: Option<&AppState>,
+) -> AppState {
     let client = TokenClient::new(http.clone(), settings.cache.default_ttl);
+    let same_default_ttl = previous.is_some_and(|p| p.settings.cache.default_ttl == settings.cache.default_ttl);
     let upstreams = settings
         .upstreams
         .iter()
-        .map(|(name, upstream)| {
-            let upstream = Upstream::new(upstream.clone(), client.clone(), clock.clone(), metrics.clone());
-            (name.clone(), Arc::new(upstream))
+        .map(|(name, wanted)| {
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| same_default_ttl && old.settings.same_as(wanted));
+            let upstream = match kept {
+                Some(old) => old.clone(),
+                None => Arc::new(Upstream::new(
+                    wanted.clone(),
+                    client.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                )),
+            };
+            (name.clone(), upstream)
         })
         .collect();
     let public_tokens = settings
@@ -141,13 +162,28 @@ fn build_state(settings: Settings, clock: &SharedClock, http: &reqwest::Client, 
         .as_ref()
         .map(|p| Arc::new(PublicTokens::new(p.signing_key.clone(), &p.previous_keys, &p.issuer)));
     AppState {
-        identity: Chain::new(&settings.authenticators, clock, public_tokens.as_ref()),
+        identity: match previous {
+            Some(p) => Chain::carry_over(&p.identity, &settings.authenticators, clock, public_tokens.as_ref()),
+            None => Chain::new(&settings.authenticators, clock, public_tokens.as_ref()),
+        },
         public_tokens,
         policy: Policy::new(settings.grants.clone()),
         upstreams,
         cors: CorsPolicy::new(&settings.server.cors_allowed_origins, &settings.server.csrf_header),
         trusted_proxies: TrustedProxies::new(&settings.server.trusted_proxies),
-        rate_limit: IdentityRateLimit::new(settings.server.rate_limit_per_second, settings.server.rate_limit_burst),
+        rate_limit: match previous {
+            // Callers' buckets carry over too: a reload must not hand everyone a fresh burst.
+            Some(p)
+                if p.settings.server.rate_limit_per_second == settings.server.rate_limit_per_second
+                    && p.settings.server.rate_limit_burst == settings.server.rate_limit_burst =>
+            {
+                p.rate_limit.clone()
+            }
+            _ => Arc::new(IdentityRateLimit::new(
+                settings.server.rate_limit_per_second,
+                settings.server.rate_limit_burst,
+            )),
+        },
         settings: Arc::new(settings),
     }
 }

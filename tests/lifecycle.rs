@@ -5,6 +5,7 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
+use helpers::idp::{jwt_authenticator, Idp};
 use helpers::process::{write, BrokerProcess};
 use helpers::*;
 use serde_json::Value;
@@ -103,6 +104,57 @@ async fn sighup_applies_a_new_grant_and_keeps_the_old_configuration_when_the_new
             .status(),
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_what_unchanged_parts_learnt_the_issuers_keys_and_the_hourly_quota() {
+    let idp = Idp::start(&["rsa-a"], None).await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}\n[[grants]]\nsubjects = [\"user-1\", \"user-2\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post")
+            .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_tokens_per_hour = 1"),
+        jwt_authenticator(&idp.issuer),
+    );
+    let path = write(dir.path(), "broker.toml", &toml);
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    let as_user = |token: String| {
+        http.get(format!("{}/v1/token/triumph", broker.base))
+            .bearer_auth(token)
+            .send()
+    };
+    let alice_write = || {
+        http.get(format!("{}/v1/token/triumph?scope=reports:write", broker.base))
+            .header("X-API-Key", ALICE_KEY)
+            .send()
+    };
+    assert_eq!(as_user(idp.token("rsa-a", "user-1")).await.unwrap().status(), 200);
+    assert_eq!(idp.jwks_fetches(), 1);
+    assert_eq!(
+        alice_write().await.unwrap().status(),
+        503,
+        "the hour's one fetch is spent"
+    );
+
+    // The identity provider goes down, and the operator reloads for an unrelated change.
+    idp.server.reset().await;
+    write(
+        dir.path(),
+        "broker.toml",
+        &toml.replace("refresh_skew = \"60s\"", "refresh_skew = \"50s\""),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+
+    assert_eq!(
+        as_user(idp.token("rsa-a", "user-2")).await.unwrap().status(),
+        200,
+        "a new id_token verifies with the keys learnt before the reload"
+    );
+    assert_eq!(alice_write().await.unwrap().status(), 503, "the quota carried over");
+    assert_eq!(upstream_calls(&upstream).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,10 @@ impl ForwardAuthenticator {
         }
     }
 
+    pub fn settings(&self) -> &ForwardSettings {
+        &self.settings
+    }
+
     pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
         let cookies = self.forwarded_cookies(headers);
         let authorization = if self.settings.forward_authorization {

@@ -62,6 +62,10 @@ impl JwtAuthenticator {
         }
     }
 
+    pub fn settings(&self) -> &JwtSettings {
+        &self.settings
+    }
+
     pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
         let Some(token) = bearer_token(headers) else {
             return Outcome::NotMine;

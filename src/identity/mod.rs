@@ -96,8 +96,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// The configured authenticators.
 pub enum Authenticator {
     ApiKey(ApiKeyAuthenticator),
-    Jwt(Box<JwtAuthenticator>),
-    Forward(Box<ForwardAuthenticator>),
+    Jwt(Arc<JwtAuthenticator>),
+    Forward(Arc<ForwardAuthenticator>),
     PublicToken(PublicTokenAuthenticator),
 }
 
@@ -109,8 +109,8 @@ impl Authenticator {
     ) -> Self {
         match settings {
             AuthenticatorSettings::ApiKey { keys } => Self::ApiKey(ApiKeyAuthenticator::new(keys)),
-            AuthenticatorSettings::Jwt(jwt) => Self::Jwt(Box::new(JwtAuthenticator::new(jwt, clock.clone()))),
-            AuthenticatorSettings::Forward(forward) => Self::Forward(Box::new(ForwardAuthenticator::new(forward))),
+            AuthenticatorSettings::Jwt(jwt) => Self::Jwt(Arc::new(JwtAuthenticator::new(jwt, clock.clone()))),
+            AuthenticatorSettings::Forward(forward) => Self::Forward(Arc::new(ForwardAuthenticator::new(forward))),
             AuthenticatorSettings::PublicToken => Self::PublicToken(PublicTokenAuthenticator::new(
                 public_tokens
                     .expect("validation requires [public_tokens] for this authenticator")
@@ -148,6 +148,34 @@ impl Chain {
         }
     }
 
+    /// As [`Chain::new`], keeping from `previous` each jwt and forward authenticator whose settings
+    /// did not change: a reload then keeps the issuer's keys (the last good ones too, should the
+    /// issuer be down), the verified tokens and the session decisions.
+    pub fn carry_over(
+        previous: &Chain,
+        settings: &[AuthenticatorSettings],
+        clock: &SharedClock,
+        public_tokens: Option<&Arc<PublicTokens>>,
+    ) -> Self {
+        let kept = |wanted: &AuthenticatorSettings| {
+            previous.authenticators.iter().find_map(|old| match (old, wanted) {
+                (Authenticator::Jwt(a), AuthenticatorSettings::Jwt(s)) if a.settings() == s => {
+                    Some(Authenticator::Jwt(a.clone()))
+                }
+                (Authenticator::Forward(a), AuthenticatorSettings::Forward(s)) if a.settings() == s => {
+                    Some(Authenticator::Forward(a.clone()))
+                }
+                _ => None,
+            })
+        };
+        Self {
+            authenticators: settings
+                .iter()
+                .map(|s| kept(s).unwrap_or_else(|| Authenticator::from_settings(s, clock, public_tokens)))
+                .collect(),
+        }
+    }
+
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         for authenticator in &self.authenticators {
             match authenticator.authenticate(headers).await {
@@ -174,6 +202,50 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_bytes(value).unwrap());
         bearer_token(&headers).map(str::to_string)
+    }
+
+    fn authenticators(audience: &str) -> Vec<AuthenticatorSettings> {
+        let toml = format!(
+            r#"
+            [upstreams.u]
+            token_url = "https://auth.example.com/token"
+            client_id = "id"
+            client_secret = "s"
+            [[authenticators]]
+            type = "jwt"
+            issuer = "https://login.example.com"
+            jwks_url = "https://login.example.com/keys"
+            audiences = ["{audience}"]
+            [[authenticators]]
+            type = "forward"
+            url = "https://app.example.com/session"
+            forward_cookies = ["sid"]
+            "#
+        );
+        crate::settings::Settings::from_toml(&toml, &Default::default())
+            .unwrap()
+            .authenticators
+    }
+
+    fn same(a: &Authenticator, b: &Authenticator) -> bool {
+        match (a, b) {
+            (Authenticator::Jwt(a), Authenticator::Jwt(b)) => Arc::ptr_eq(a, b),
+            (Authenticator::Forward(a), Authenticator::Forward(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_authenticator_and_rebuilds_a_changed_one() {
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let first = Chain::new(&authenticators("app"), &clock, None);
+        let unchanged = Chain::carry_over(&first, &authenticators("app"), &clock, None);
+        assert!(same(&first.authenticators[0], &unchanged.authenticators[0]));
+        assert!(same(&first.authenticators[1], &unchanged.authenticators[1]));
+        // Tokens verified for the old audience must not be taken as verified for the new one.
+        let changed = Chain::carry_over(&first, &authenticators("other-app"), &clock, None);
+        assert!(!same(&first.authenticators[0], &changed.authenticators[0]));
+        assert!(same(&first.authenticators[1], &changed.authenticators[1]));
     }
 
     #[test]
