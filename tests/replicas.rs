@@ -151,6 +151,37 @@ async fn replicas_share_a_tls_redis_and_one_that_does_not_trust_its_certificate_
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_is_reported_at_start_up_without_either_password_in_the_logs() {
+    const PASSWORD: &str = "redis-canary-pass-4f1c";
+    const WRONG: &str = "wrong-canary-pass-9d2e";
+    let redis = RedisServer::start_with_password(PASSWORD);
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let right = replica_config(&upstream, &redis, KEY);
+    assert!(right.contains(&format!(":{PASSWORD}@")), "{right}");
+    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut good = start_replicas(dir.path(), &right, 1);
+    let mut bad = start_replicas(other_dir.path(), &right.replace(PASSWORD, WRONG), 1);
+    good[0].wait_for_log("shared cache: Redis answers", Duration::from_secs(5));
+    let warning = bad[0].wait_for_log("shared cache: Redis is not usable", Duration::from_secs(10));
+    assert!(
+        warning.to_lowercase().contains("pass") || warning.contains("auth"),
+        "{warning}"
+    );
+
+    let http = reqwest::Client::new();
+    let token = token_of(get(&http, &good[0], "reports:read").await).await;
+    assert_ne!(token_of(get(&http, &bad[0], "reports:read").await).await, token);
+    good[0].stop();
+    bad[0].stop();
+    for line in good[0].logs().iter().chain(bad[0].logs().iter()) {
+        assert!(
+            !line.contains(PASSWORD) && !line.contains(WRONG),
+            "a Redis password in a log line: {line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_then_killed_redis_fails_no_request_and_service_recovers_when_it_returns() {
     let mut redis = RedisServer::start();

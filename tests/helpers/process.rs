@@ -14,6 +14,7 @@ pub struct BrokerProcess {
     pub base: String,
     pub admin: String,
     logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BrokerProcess {
@@ -34,7 +35,7 @@ impl BrokerProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("token-broker listening") {
                     let _ = tx.send(line.clone());
@@ -51,6 +52,7 @@ impl BrokerProcess {
             base: format!("http://{}", json["listen"].as_str().unwrap()),
             admin: format!("http://{}", json["admin_listen"].as_str().unwrap()),
             logs,
+            reader: Some(reader),
         }
     }
 
@@ -64,6 +66,23 @@ impl BrokerProcess {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Stops the broker gracefully (SIGTERM; SIGKILL after 10 s), so the log lines it still
+    /// buffers are written, and waits until every line is read.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal("TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -102,11 +121,13 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     /// Every test that runs the binary (at trace level) also checks its logs for secrets.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
             return;
         }
+        // A graceful stop, so the lines still buffered in the broker are written and checked too.
+        self.stop();
         for line in self.logs() {
             for canary in [super::CLIENT_SECRET, super::ALICE_KEY, super::BOB_KEY, super::CAROL_KEY] {
                 assert!(!line.contains(canary), "a secret or key in a log line: {line}");

@@ -10,6 +10,7 @@ pub struct RedisServer {
     pub port: u16,
     /// With TLS: the CA (PEM file) that signed the server's certificate.
     pub ca_file: Option<PathBuf>,
+    pub password: Option<String>,
 }
 
 impl RedisServer {
@@ -20,6 +21,14 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> Self {
         Self::spawn(port, &["--port", &port.to_string()], None)
+    }
+
+    /// A redis-server that wants `password` (AUTH) from every client.
+    pub fn start_with_password(password: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self::spawn(port, &["--port", &port.to_string(), "--requirepass", password], None);
+        server.password = Some(password.to_string());
+        server
     }
 
     /// A redis-server that speaks TLS only, its certificate (for 127.0.0.1) signed by a CA made
@@ -82,12 +91,14 @@ impl RedisServer {
             child: Some(child),
             port,
             ca_file,
+            password: None,
         }
     }
 
     pub fn url(&self) -> String {
         let scheme = if self.ca_file.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
+        let auth = self.password.as_ref().map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
     }
 
     pub fn signal(&self, name: &str) {
