@@ -23,16 +23,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct RequestId(pub String);
 
 impl RequestId {
-    /// The id of `req`, or "" outside this middleware (tests of single handlers).
-    pub fn of(req: &actix_web::HttpRequest) -> String {
-        use actix_web::HttpMessage;
-        req.extensions()
-            .get::<RequestId>()
-            .map(|id| id.0.clone())
-            .unwrap_or_default()
-    }
-
-    /// Calls `f` with the id of `req` (or "") without copying it.
+    /// Calls `f` with the id of `req` without copying it ("" outside this middleware: tests of
+    /// single handlers).
     pub fn with<R>(req: &actix_web::HttpRequest, f: impl FnOnce(&str) -> R) -> R {
         use actix_web::HttpMessage;
         let extensions = req.extensions();

@@ -83,14 +83,16 @@ async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>
     )
     .map_err(ApiError::InvalidRequest)?;
     let (token, expires_at) = tokens.mint(&request.subject, scopes, now, std::time::Duration::from_secs(exp - now));
-    tracing::info!(
-        target: "token_broker::audit",
-        request_id = %RequestId::of(&req),
-        minter = %minter.subject,
-        subject = %request.subject,
-        expires_at,
-        "public token minted"
-    );
+    RequestId::with(&req, |request_id| {
+        tracing::info!(
+            target: "token_broker::audit",
+            request_id,
+            minter = %minter.subject,
+            subject = %request.subject,
+            expires_at,
+            "public token minted"
+        )
+    });
     Ok(HttpResponse::Ok().json(serde_json::json!({ "token": token, "expires_at": expires_at })))
 }
 

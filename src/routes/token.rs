@@ -154,19 +154,20 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
 }
 
 fn log_exchange_failure(req: &HttpRequest, upstream: &str, error: &UpstreamError) {
-    let request_id = RequestId::of(req);
-    if matches!(error, UpstreamError::Refused { .. }) {
-        // A refusal means the broker's own configuration (secret, scopes) is wrong: an operator must act.
-        tracing::error!(
-            request_id,
-            upstream,
-            error = %error,
-            oauth_error = error.oauth_error(),
-            "the token endpoint refused the broker's request"
-        );
-    } else {
-        tracing::warn!(request_id, upstream, error = %error, "token exchange failed");
-    }
+    RequestId::with(req, |request_id| {
+        if matches!(error, UpstreamError::Refused { .. }) {
+            // A refusal means the broker's own configuration (secret, scopes) is wrong: an operator must act.
+            tracing::error!(
+                request_id,
+                upstream,
+                error = %error,
+                oauth_error = error.oauth_error(),
+                "the token endpoint refused the broker's request"
+            );
+        } else {
+            tracing::warn!(request_id, upstream, error = %error, "token exchange failed");
+        }
+    });
 }
 
 fn requested_scopes(param: ScopeParam) -> Result<Option<ScopeSet>, ApiError> {
