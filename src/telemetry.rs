@@ -88,39 +88,35 @@ where
             // per thread so no line allocates.
             static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
         }
+        let mut write = |line: &mut String| {
+            line.clear();
+            json_line(line, event);
+            writer.write_str(line)
+        };
         LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                json_line(&mut line, event)?;
-                writer.write_str(&line)
-            }
+            Ok(mut line) => write(&mut line),
             // A value's Display that logs: format that inner event on its own.
-            Err(_) => {
-                let mut line = String::new();
-                json_line(&mut line, event)?;
-                writer.write_str(&line)
-            }
+            Err(_) => write(&mut String::new()),
         })
     }
 }
 
-fn json_line(line: &mut String, event: &Event<'_>) -> fmt::Result {
+// Writing into a String cannot fail; only a value's own Debug or Display can, and then the line
+// keeps what it wrote of that value, still valid JSON.
+fn json_line(line: &mut String, event: &Event<'_>) {
     line.push_str("{\"timestamp\":\"");
-    write_timestamp(line, OffsetDateTime::now_utc())?;
+    write_timestamp(line, OffsetDateTime::now_utc());
     line.push_str("\",\"level\":\"");
     line.push_str(event.metadata().level().as_str());
     line.push('"');
-    let mut fields = JsonFields { line, result: Ok(()) };
-    event.record(&mut fields);
-    fields.result?;
+    event.record(&mut JsonFields { line });
     line.push_str(",\"target\":");
-    push_json_string(line, event.metadata().target())?;
+    push_json_string(line, event.metadata().target());
     line.push_str("}\n");
-    Ok(())
 }
 
 /// RFC 3339 in UTC with microseconds: `2026-11-22T00:04:45.966552Z`.
-fn write_timestamp(line: &mut impl Write, now: OffsetDateTime) -> fmt::Result {
+fn write_timestamp(line: &mut String, now: OffsetDateTime) {
     // Fixed-width digits written directly: `write!` with padding costs more than the rest of the line.
     let mut text = *b"0000-00-00T00:00:00.000000Z";
     let mut put = |at: usize, width: usize, mut value: u32| {
@@ -136,69 +132,64 @@ fn write_timestamp(line: &mut impl Write, now: OffsetDateTime) -> fmt::Result {
     put(14, 2, u32::from(now.minute()));
     put(17, 2, u32::from(now.second()));
     put(20, 6, now.microsecond());
-    line.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    line.extend(text.iter().map(|&b| char::from(b)));
 }
 
-struct JsonFields<'a, W> {
-    line: &'a mut W,
-    result: fmt::Result,
+struct JsonFields<'a> {
+    line: &'a mut String,
 }
 
-impl<W: Write> JsonFields<'_, W> {
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = (|| {
-            self.line.write_char(',')?;
-            push_json_string(self.line, field.name())?;
-            self.line.write_char(':')?;
-            value(self.line)
-        })();
+impl JsonFields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push(',');
+        push_json_string(self.line, field.name());
+        self.line.push(':');
     }
 }
 
-impl<W: Write> Visit for JsonFields<'_, W> {
+impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |line| push_json_string(line, value));
+        self.key(field);
+        push_json_string(self.line, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |line| line.write_str(if value { "true" } else { "false" }));
+        self.key(field);
+        self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |line| write!(line, "{value}"));
+        self.key(field);
+        let _ = write!(self.line, "{value}");
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |line| write!(line, "{value}"));
+        self.key(field);
+        let _ = write!(self.line, "{value}");
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, |line| {
-            if value.is_finite() {
-                write!(line, "{value}")
-            } else {
-                line.write_str("null")
-            }
-        });
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.line, "{value}");
+        } else {
+            self.line.push_str("null");
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // Display and Debug values (most fields, and the message) are escaped as they are written.
-        self.field(field, |line| {
-            line.write_char('"')?;
-            write!(JsonEscaped(&mut *line), "{value:?}")?;
-            line.write_char('"')
-        });
+        self.key(field);
+        self.line.push('"');
+        let _ = write!(JsonEscaped(self.line), "{value:?}");
+        self.line.push('"');
     }
 }
 
 /// Writes into a JSON string's body, escaping as RFC 8259 §7 requires.
-struct JsonEscaped<W>(W);
+struct JsonEscaped<'a>(&'a mut String);
 
-impl<W: Write> Write for JsonEscaped<W> {
+impl Write for JsonEscaped<'_> {
     fn write_str(&mut self, value: &str) -> fmt::Result {
         // Only ASCII bytes need escaping, so runs between them are copied whole (still valid UTF-8).
         let bytes = value.as_bytes();
@@ -207,7 +198,8 @@ impl<W: Write> Write for JsonEscaped<W> {
             .iter()
             .fold(false, |any, &b| any | (b < 0x20 || b == b'"' || b == b'\\'))
         {
-            return self.0.write_str(value);
+            self.0.push_str(value);
+            return Ok(());
         }
         let mut run = 0;
         for (i, &b) in bytes.iter().enumerate() {
@@ -220,23 +212,24 @@ impl<W: Write> Write for JsonEscaped<W> {
                 0..=0x1f => "",
                 _ => continue,
             };
-            self.0.write_str(&value[run..i])?;
+            self.0.push_str(&value[run..i]);
             if escape.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
+                let _ = write!(self.0, "\\u{b:04x}");
             } else {
-                self.0.write_str(escape)?;
+                self.0.push_str(escape);
             }
             run = i + 1;
         }
-        self.0.write_str(&value[run..])
+        self.0.push_str(&value[run..]);
+        Ok(())
     }
 }
 
 /// `value` as a JSON string (RFC 8259 §7).
-fn push_json_string(line: &mut impl Write, value: &str) -> fmt::Result {
-    line.write_char('"')?;
-    JsonEscaped(&mut *line).write_str(value)?;
-    line.write_char('"')
+fn push_json_string(line: &mut String, value: &str) {
+    line.push('"');
+    let _ = JsonEscaped(line).write_str(value);
+    line.push('"');
 }
 
 #[cfg(test)]
@@ -297,7 +290,7 @@ mod tests {
     fn timestamps_are_fixed_width_rfc3339_in_utc() {
         let mut text = String::new();
         let at = time::macros::datetime!(2026-01-02 03:04:05.000067 UTC);
-        write_timestamp(&mut text, at).unwrap();
+        write_timestamp(&mut text, at);
         assert_eq!(text, "2026-01-02T03:04:05.000067Z");
     }
 }
