@@ -85,7 +85,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let visible = value
         .iter()
         .fold(true, |ok, &b| ok & ((0x20..0x7f).contains(&b) | (b == b'\t')));
-    let value = std::str::from_utf8(value).ok().filter(|_| visible)?;
+    if !visible {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
