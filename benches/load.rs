@@ -179,29 +179,27 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-/// CPU time a process has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> u64 {
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name, so that the process
+/// state is `[0]`, the parent's pid `[1]`, utime `[11]` and stime `[12]` (proc(5) fields 3, 4, 14, 15).
+fn stat_fields(pid: u32) -> Vec<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: state is 3rd, utime 14th, stime 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(14) + field(15)
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // The state is a letter: it reads as 0, and is never used.
+    rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect()
+}
+
+/// CPU time a process has used (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)
 }
 
 /// The children of `parent` (nginx's worker, under its master), found through `/proc`.
 fn children(parent: u32) -> Vec<u32> {
-    let ppid = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok()
-    };
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| ppid(pid) == Some(parent))
+        .filter(|&pid| stat_fields(pid).get(1) == Some(&u64::from(parent)))
         .collect()
 }
 
