@@ -16,6 +16,11 @@ fn env_pairs() -> Vec<(&'static str, &'static str)> {
     vec![("TRIUMPH_SECRET", CLIENT_SECRET)]
 }
 
+async fn readyz(http: &reqwest::Client, broker: &BrokerProcess) -> u16 {
+    let url = format!("{}/readyz", broker.admin);
+    http.get(url).send().await.unwrap().status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits_0() {
     let upstream = token_endpoint(IssueTokens::new(600).with_delay(Duration::from_millis(1500))).await;
@@ -25,14 +30,7 @@ async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits
     let path = write(dir.path(), "broker.toml", &toml);
     let mut broker = BrokerProcess::start(&path, &env_pairs());
     let http = reqwest::Client::new();
-    assert_eq!(
-        http.get(format!("{}/readyz", broker.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(readyz(&http, &broker).await, 200);
 
     let in_flight = tokio::spawn({
         let (http, url) = (http.clone(), format!("{}/v1/token/triumph", broker.base));
@@ -42,8 +40,7 @@ async fn sigterm_finishes_the_request_in_flight_while_readyz_says_503_then_exits
     let signalled = Instant::now();
     broker.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = http.get(format!("{}/readyz", broker.admin)).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "draining");
+    assert_eq!(readyz(&http, &broker).await, 503, "draining");
 
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200, "the request in flight completes");
@@ -96,14 +93,7 @@ async fn sighup_applies_a_new_grant_and_keeps_the_old_configuration_when_the_new
     let line = broker.wait_for_log("upstreams.triumph.token_url", Duration::from_secs(5));
     assert!(line.contains("configuration not reloaded"), "{line}");
     assert_eq!(carol().await.unwrap().status(), 200, "the running configuration stays");
-    assert_eq!(
-        http.get(format!("{}/readyz", broker.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(readyz(&http, &broker).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
