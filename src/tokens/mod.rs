@@ -5,4 +5,4 @@ mod cache;
 mod shared;
 
 pub use cache::{CacheKey, CachedToken, Served, TokenCache};
-pub use shared::SharedTier;
+pub use shared::{redis_client, SharedTier};

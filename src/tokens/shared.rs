@@ -57,21 +57,26 @@ pub struct SharedTier {
     release: redis::Script,
 }
 
+/// A Redis client for `url`; with `ca_pem`, a `rediss://` URL trusts only that CA, without it the
+/// system's roots.
+pub fn redis_client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match ca_pem {
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
 impl SharedTier {
     /// Connects lazily: a Redis that is down at start-up is retried on use, never fatal.
     pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = match &settings.ca_pem {
-            // Only this CA is trusted; without it a rediss:// URL trusts the system's roots.
-            Some(ca) => redis::Client::build_with_tls(
-                settings.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => redis::Client::open(settings.url.as_str()),
-        }
-        .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
+        let client = redis_client(&settings.url, settings.ca_pem.as_deref())
+            .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))

@@ -119,17 +119,8 @@ impl RedisServer {
 
     /// Every key and its raw value.
     pub async fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let client = match &self.ca_file {
-            Some(ca) => redis::Client::build_with_tls(
-                self.url(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(std::fs::read(ca).unwrap()),
-                },
-            ),
-            None => redis::Client::open(self.url()),
-        }
-        .unwrap();
+        let ca_pem = self.ca_file.as_ref().map(|ca| std::fs::read(ca).unwrap());
+        let client = token_broker::tokens::redis_client(&self.url(), ca_pem.as_deref()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
         let mut out = Vec::new();
