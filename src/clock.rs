@@ -20,6 +20,16 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 
 pub type SharedClock = Arc<dyn Clock>;
 
+/// `now + by`, saturating instead of panicking when `by` is absurd (it may come from a peer).
+pub fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// Far enough ahead to mean "not in this process's life", small enough to add to any `Instant`.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 #[derive(Debug, Default)]
 pub struct SystemClock;
 

@@ -205,6 +205,20 @@ mod tests {
         Identity::new(subject, Method::ApiKey)
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_scope_parameter_is_valid_scopes_or_an_error(text in ".{0,300}", many in "([a-z:]{1,3} ){60,70}") {
+            for text in [text, many] {
+                if let Ok(Some(set)) = parse_scope_param(&text) {
+                    proptest::prop_assert!(set.len() <= MAX_SCOPES);
+                    for scope in &set {
+                        proptest::prop_assert_eq!(Scope::parse(scope.as_str()), Ok(scope.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn scope_parameters_are_sorted_and_deduplicated() {
         assert_eq!(parse_scope_param("b a  b").unwrap(), Some(scopes(&["a", "b"])));

@@ -33,8 +33,11 @@ pub enum TimeSpanError {
 }
 
 impl TimeSpan {
+    /// Saturates rather than overflowing: a configured number of seconds may be absurd.
     pub const fn from_seconds(seconds: i64) -> Self {
-        Self { millis: seconds * 1000 }
+        Self {
+            millis: seconds.saturating_mul(1000),
+        }
     }
 
     pub const fn from_millis(millis: i64) -> Self {
@@ -250,6 +253,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_text_parses_to_a_span_or_an_error_without_panicking(text in ".{0,40}", number in "[-+]?[0-9.]{1,400} ?(ms|s|min|h|d|w|y|years)( ago| from now)?") {
+            for text in [text, number] {
+                if let Ok(span) = TimeSpan::parse(&text) {
+                    let _ = (span.seconds(), span.as_positive_duration(), span.to_string());
+                }
+            }
+        }
+
         #[test]
         fn formatting_then_parsing_round_trips(seconds in -10_000_000_000i64..10_000_000_000i64) {
             let span = TimeSpan::from_seconds(seconds);

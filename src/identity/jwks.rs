@@ -2,16 +2,17 @@
 //! JWKS answer's `Cache-Control: max-age` says (bounded), re-fetched for an unknown `kid` at most
 //! once per 30 s however many callers ask, and kept when a re-fetch fails.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use parking_lot::RwLock;
 use reqwest::header::CACHE_CONTROL;
 use serde::Deserialize;
 use url::Url;
 
-use crate::clock::SharedClock;
+use crate::clock::{later, SharedClock};
 use crate::outbound::{self, BodyError};
 use crate::settings::{is_loopback_url, JwtSettings};
 
@@ -97,7 +98,7 @@ impl KeySource {
     pub async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<Arc<VerificationKey>>, KeyError> {
         let now = self.clock.now();
         let set = match self.snapshot() {
-            Some(set) if now < set.fetched_at + set.max_age => set,
+            Some(set) if now < later(set.fetched_at, set.max_age) => set,
             stale => {
                 let seen = stale.as_ref().map_or(0, |s| s.generation);
                 self.refetch(seen, false).await;
@@ -120,7 +121,7 @@ impl KeySource {
     }
 
     fn snapshot(&self) -> Option<Arc<KeySet>> {
-        self.current.read().expect("key set lock").clone()
+        self.current.read().clone()
     }
 
     /// Fetches a new key set unless another caller did since generation `seen`; callers arriving
@@ -144,7 +145,7 @@ impl KeySource {
             Ok((keys, max_age)) => {
                 refresh.generation += 1;
                 tracing::debug!(issuer = %self.issuer, keys = keys.len(), "fetched the issuer's keys");
-                *self.current.write().expect("key set lock") = Some(Arc::new(KeySet {
+                *self.current.write() = Some(Arc::new(KeySet {
                     keys,
                     fetched_at: now,
                     max_age,
@@ -156,7 +157,7 @@ impl KeySource {
                 // Try again soon, not on every request: the old keys stay in service meanwhile.
                 if let Some(old) = self.snapshot() {
                     refresh.generation += 1;
-                    *self.current.write().expect("key set lock") = Some(Arc::new(KeySet {
+                    *self.current.write() = Some(Arc::new(KeySet {
                         keys: old.keys.clone(),
                         fetched_at: now,
                         max_age: MIN_MAX_AGE,
@@ -287,6 +288,20 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<Arc<VerificationKey>>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn any_cache_control_gives_a_max_age_or_none(value in "[ -~]{0,60}", digits in "max-age=[0-9]{1,40}") {
+            for value in [value, digits] {
+                let Ok(value) = value.parse() else { continue };
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(CACHE_CONTROL, value);
+                // Bounded where it is used, so an absurd value cannot overflow a deadline.
+                let age = max_age(&headers).unwrap_or(MIN_MAX_AGE).clamp(MIN_MAX_AGE, MAX_MAX_AGE);
+                proptest::prop_assert!(later(Instant::now(), age) > Instant::now());
+            }
+        }
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

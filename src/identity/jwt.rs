@@ -77,7 +77,7 @@ impl JwtAuthenticator {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.verified.get(&digest) {
             let leeway = self.settings.leeway.as_secs();
-            if self.clock.unix_now() <= hit.exp + leeway {
+            if self.clock.unix_now() <= hit.exp.saturating_add(leeway) {
                 return Outcome::Authenticated((*hit.identity).clone());
             }
             self.verified.invalidate(&digest);
@@ -184,4 +184,80 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
         iss: String,
     }
     serde_json::from_slice::<Iss>(&bytes).ok().map(|c| c.iss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+    use proptest::prelude::*;
+
+    const ISSUER: &str = "https://login.example.com";
+
+    fn authenticator() -> JwtAuthenticator {
+        // Keys from a closed loopback port: every key fetch fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let jwks = format!("http://{}/keys", closed.local_addr().unwrap());
+        drop(closed);
+        let toml = format!(
+            r#"
+            [upstreams.u]
+            token_url = "https://auth.example.com/token"
+            client_id = "id"
+            client_secret = "s"
+            [[authenticators]]
+            type = "jwt"
+            issuer = "{ISSUER}"
+            jwks_url = "{jwks}"
+            audiences = ["app"]
+            "#
+        );
+        let settings = crate::settings::Settings::from_toml(&toml, &Default::default()).unwrap();
+        let crate::settings::AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[0] else {
+            unreachable!("the one authenticator is a jwt one")
+        };
+        JwtAuthenticator::new(jwt, Arc::new(crate::clock::SystemClock))
+    }
+
+    fn segment(value: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    }
+
+    fn hostile() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".{0,16}".prop_map(Value::from),
+            prop::sample::select(vec!["RS256", "HS256", "none", "EdDSA", "ES512"]).prop_map(Value::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Tokens that claim our issuer with any header and any numbers are refused, never a panic.
+        #[test]
+        fn any_token_claiming_the_issuer_is_refused_cleanly(
+            alg in hostile(), kid in hostile(), typ in hostile(), exp in hostile(), nbf in hostile(),
+            signature in "[A-Za-z0-9_-]{0,64}",
+        ) {
+            let header = serde_json::json!({ "alg": alg, "kid": kid, "typ": typ });
+            let claims = serde_json::json!({ "iss": ISSUER, "sub": "x", "aud": "app", "exp": exp, "nbf": nbf });
+            let token = format!("{}.{}.{signature}", segment(&header), segment(&claims));
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let outcome = runtime.block_on(authenticator().authenticate(&headers));
+            prop_assert!(matches!(outcome, Outcome::Rejected(_) | Outcome::NotMine));
+        }
+
+        #[test]
+        fn any_text_has_an_issuer_or_none(token in "[ -~]{0,200}", parts in "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_-]{0,10}") {
+            for token in [token, parts] {
+                let _ = unverified_issuer(&token);
+                let _ = jsonwebtoken::decode_header(&token);
+            }
+        }
+    }
 }

@@ -8,22 +8,23 @@
 //! tried again with backoff meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
+use parking_lot::Mutex;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::shared::{Lock, SharedTier, StoredToken};
-use crate::clock::SharedClock;
+use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::policy::{join_scopes, ScopeSet};
-use crate::upstream::{FetchedToken, Upstream, UpstreamError};
+use crate::upstream::{FetchedToken, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.
 const REFRESH_AT: f64 = 0.80;
@@ -89,12 +90,13 @@ impl CachedToken {
         }
         let age = Duration::from_millis(now_ms - stored.fetched_at_ms);
         let fetched_at = now.checked_sub(age)?;
-        let served_life = Duration::from_millis(stored.serve_until_ms - stored.fetched_at_ms);
+        // The stored times are bounded as a token endpoint's `expires_in` is.
+        let served_life = Duration::from_millis(stored.serve_until_ms - stored.fetched_at_ms).min(MAX_LIFETIME);
         Some(Self::assemble(
             SecretString::from(stored.access_token),
             stored.scope,
             (fetched_at, stored.fetched_at_ms),
-            Duration::from_millis(stored.lifetime_ms),
+            Duration::from_millis(stored.lifetime_ms).min(MAX_LIFETIME),
             served_life,
         ))
     }
@@ -115,8 +117,8 @@ impl CachedToken {
             fetched_at,
             fetched_at_ms,
             lifetime,
-            serve_until: fetched_at + served_life,
-            refresh_at: fetched_at + served_life.mul_f64(share),
+            serve_until: later(fetched_at, served_life),
+            refresh_at: later(fetched_at, served_life.mul_f64(share)),
             refresh: Mutex::new(RefreshAhead {
                 in_flight: false,
                 not_before: fetched_at,
@@ -142,7 +144,7 @@ impl CachedToken {
 
     /// Claims the one background refresh of this token, if it is due and nobody has it.
     fn claim_refresh(&self, now: Instant) -> bool {
-        let mut state = self.refresh.lock().expect("refresh lock");
+        let mut state = self.refresh.lock();
         if now < self.refresh_at || state.in_flight || now < state.not_before {
             return false;
         }
@@ -151,20 +153,20 @@ impl CachedToken {
     }
 
     fn refresh_failed(&self, now: Instant) {
-        let mut state = self.refresh.lock().expect("refresh lock");
+        let mut state = self.refresh.lock();
         state.in_flight = false;
         state.failures += 1;
         let pause = REFRESH_RETRY_BASE
             .saturating_mul(1 << (state.failures - 1).min(16))
             .min(REFRESH_RETRY_CAP);
-        state.not_before = now + pause;
+        state.not_before = later(now, pause);
     }
 
     /// Another replica is refreshing: look again shortly, without counting a failure.
     fn refresh_deferred(&self, now: Instant) {
-        let mut state = self.refresh.lock().expect("refresh lock");
+        let mut state = self.refresh.lock();
         state.in_flight = false;
-        state.not_before = now + REFRESH_RETRY_BASE;
+        state.not_before = later(now, REFRESH_RETRY_BASE);
     }
 
     fn is(&self, token: &str) -> bool {

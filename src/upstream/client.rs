@@ -15,7 +15,7 @@ use crate::settings::{ClientAuthMethod, UpstreamSettings};
 /// Token responses are small; anything larger is refused before it fills memory.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A lifetime beyond a year is a mistake on the upstream's side, not a token to keep.
-const MAX_LIFETIME: Duration = Duration::from_secs(31_557_600);
+pub const MAX_LIFETIME: Duration = Duration::from_secs(31_557_600);
 
 /// An access token as the token endpoint issued it.
 #[derive(Debug)]
@@ -135,17 +135,21 @@ async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, UpstreamErr
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// The longest pause an upstream's `Retry-After` can impose: past it, the broker asks again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), at most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(
+    let delay = if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // Any run of digits, however long, is a (possibly absurd) number of seconds.
+        value.parse::<u64>().map_or(MAX_RETRY_AFTER, Duration::from_secs)
+    } else {
+        let date = httpdate::parse_http_date(value).ok()?;
         date.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 #[derive(Deserialize)]
@@ -218,8 +222,80 @@ fn parse_error_code(body: &[u8]) -> Option<OAuthErrorCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+    use serde_json::Value;
 
     const TTL: Duration = Duration::from_secs(300);
+
+    /// JSON values as a hostile token endpoint might send them: extreme numbers, numeric strings.
+    fn hostile_json() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("JSON has no NaN or infinity", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            "[-+0-9eE.]{1,40}".prop_map(Value::from),
+            ".{0,24}".prop_map(Value::from),
+        ]
+    }
+
+    /// Every failure of the exchange is one of the broker's own 4xx/5xx answers.
+    fn is_clean_error(error: UpstreamError) -> bool {
+        use actix_web::ResponseError;
+        let status = crate::http::errors::ApiError::from(std::sync::Arc::new(error)).status_code();
+        status.is_client_error() || status.is_server_error()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_retry_after_is_read_as_a_pause_of_at_most_an_hour(
+            bytes in prop::collection::vec(any::<u8>(), 0..48),
+            digits in "[0-9]{1,60}",
+            date in "(Mon|Sun), [0-9]{2} (Jan|Dec) [0-9]{4,6} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT",
+        ) {
+            for value in [bytes, digits.into_bytes(), date.into_bytes()] {
+                let Ok(value) = HeaderValue::from_bytes(&value) else { continue };
+                let mut headers = HeaderMap::new();
+                headers.insert(RETRY_AFTER, value);
+                if let Some(pause) = parse_retry_after(&headers) {
+                    prop_assert!(pause <= MAX_RETRY_AFTER, "{pause:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_token_response_is_a_bounded_token_or_a_clean_error(
+            access_token in hostile_json(),
+            token_type in hostile_json(),
+            expires_in in hostile_json(),
+            scope in hostile_json(),
+        ) {
+            let body = serde_json::json!({
+                "access_token": access_token,
+                "token_type": token_type,
+                "expires_in": expires_in,
+                "scope": scope,
+            });
+            match parse_token_response(body.to_string().as_bytes(), TTL) {
+                Ok(token) => {
+                    prop_assert!(token.lifetime >= Duration::from_secs(1) && token.lifetime <= MAX_LIFETIME);
+                }
+                Err(error) => prop_assert!(is_clean_error(error)),
+            }
+        }
+
+        #[test]
+        fn any_bytes_as_a_token_response_are_a_clean_error_or_a_token(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(error) = parse_token_response(&body, TTL) {
+                prop_assert!(is_clean_error(error));
+            }
+        }
+    }
 
     fn parse(body: &str) -> Result<FetchedToken, UpstreamError> {
         parse_token_response(body.as_bytes(), TTL)

@@ -5,6 +5,6 @@ mod client;
 mod error;
 mod resilient;
 
-pub use client::{FetchedToken, TokenClient};
+pub use client::{FetchedToken, TokenClient, MAX_LIFETIME};
 pub use error::{OAuthErrorCode, UpstreamError};
 pub use resilient::Upstream;

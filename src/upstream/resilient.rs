@@ -11,14 +11,15 @@
 //! - an optional `max_tokens_per_hour` quota refuses fresh fetches past it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rand::Rng;
 
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
-use crate::clock::SharedClock;
+use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::policy::ScopeSet;
 use crate::settings::UpstreamSettings;
@@ -114,7 +115,7 @@ impl Upstream {
 
     fn admit(&self, scopes: &ScopeSet) -> Admission {
         let now = self.clock.now();
-        let mut guard = self.guard.lock().expect("guard lock");
+        let mut guard = self.guard.lock();
         if let Some((until, error)) = guard.refusals.get(scopes) {
             if now < *until {
                 return Admission::Refuse(error.clone());
@@ -143,12 +144,12 @@ impl Upstream {
                 guard.fetches.pop_front();
             }
             if guard.fetches.len() >= limit as usize {
-                let oldest = *guard.fetches.front().expect("the quota is at least one");
+                let oldest = guard.fetches.front().copied().unwrap_or(now);
                 if probe {
                     guard.probing_since = None;
                 }
                 return Admission::Refuse(UpstreamError::QuotaExhausted {
-                    retry_after: (oldest + HOUR).saturating_duration_since(now),
+                    retry_after: HOUR.saturating_sub(now.saturating_duration_since(oldest)),
                 });
             }
             guard.fetches.push_back(now);
@@ -158,7 +159,7 @@ impl Upstream {
 
     fn record(&self, scopes: &ScopeSet, result: &Result<FetchedToken, UpstreamError>, probe: bool) {
         let now = self.clock.now();
-        let mut guard = self.guard.lock().expect("guard lock");
+        let mut guard = self.guard.lock();
         if probe {
             guard.probing_since = None;
         }
@@ -173,10 +174,12 @@ impl Upstream {
                 guard.refusals.retain(|_, (until, _)| now < *until);
                 guard
                     .refusals
-                    .insert(scopes.clone(), (now + REFUSAL_MEMORY, error.clone()));
+                    .insert(scopes.clone(), (later(now, REFUSAL_MEMORY), error.clone()));
             }
             Err(UpstreamError::RateLimited { retry_after }) => {
-                guard.rate_limited_until = Some(now + retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+                // `Retry-After` is the upstream's number: bounded where it is parsed, added with care.
+                let pause = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
+                guard.rate_limited_until = Some(later(now, pause));
             }
             Err(_) => {
                 guard.consecutive_failures += 1;
@@ -186,7 +189,7 @@ impl Upstream {
                     } else {
                         (guard.cool_down * 2).min(BREAKER_COOL_DOWN_CAP)
                     };
-                    guard.open_until = Some(now + guard.cool_down);
+                    guard.open_until = Some(later(now, guard.cool_down));
                     tracing::warn!(
                         upstream = %self.settings.name,
                         cool_down_secs = guard.cool_down.as_secs(),
