@@ -17,6 +17,8 @@ pub type ScopeSet = BTreeSet<Scope>;
 pub enum ScopeError {
     #[error("empty scope")]
     Empty,
+    #[error("an empty scope list never widens to the whole grant: leave `scope` out instead")]
+    EmptyList,
     #[error("scope holds a character outside RFC 6749 §3.3 (no spaces, quotes or backslashes)")]
     InvalidCharacter,
     #[error("scope is longer than 256 characters")]
@@ -56,8 +58,9 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Parses a space-separated `scope` parameter. Blank means "not given".
-pub fn parse_scope_param(text: &str) -> Result<Option<ScopeSet>, ScopeError> {
+/// Parses a space-separated `scope` parameter. A blank one is refused: to most token endpoints no
+/// `scope` means "everything this client may have", so an empty list must never reach them.
+pub fn parse_scope_param(text: &str) -> Result<ScopeSet, ScopeError> {
     let mut set = ScopeSet::new();
     for part in text.split(' ').filter(|p| !p.is_empty()) {
         set.insert(Scope::parse(part)?);
@@ -65,7 +68,10 @@ pub fn parse_scope_param(text: &str) -> Result<Option<ScopeSet>, ScopeError> {
             return Err(ScopeError::TooMany);
         }
     }
-    Ok((!set.is_empty()).then_some(set))
+    if set.is_empty() {
+        return Err(ScopeError::EmptyList);
+    }
+    Ok(set)
 }
 
 /// Joins scopes with single spaces, the form of the `scope` parameter (RFC 6749 §3.3).
@@ -209,7 +215,7 @@ mod tests {
         #[test]
         fn any_scope_parameter_is_valid_scopes_or_an_error(text in ".{0,300}", many in "([a-z:]{1,3} ){60,70}") {
             for text in [text, many] {
-                if let Ok(Some(set)) = parse_scope_param(&text) {
+                if let Ok(set) = parse_scope_param(&text) {
                     proptest::prop_assert!(set.len() <= MAX_SCOPES);
                     for scope in &set {
                         proptest::prop_assert_eq!(Scope::parse(scope.as_str()), Ok(scope.clone()));
@@ -221,8 +227,9 @@ mod tests {
 
     #[test]
     fn scope_parameters_are_sorted_and_deduplicated() {
-        assert_eq!(parse_scope_param("b a  b").unwrap(), Some(scopes(&["a", "b"])));
-        assert_eq!(parse_scope_param("   ").unwrap(), None);
+        assert_eq!(parse_scope_param("b a  b").unwrap(), scopes(&["a", "b"]));
+        assert_eq!(parse_scope_param("   "), Err(ScopeError::EmptyList));
+        assert_eq!(parse_scope_param(""), Err(ScopeError::EmptyList));
         assert_eq!(parse_scope_param("a\"b"), Err(ScopeError::InvalidCharacter));
         assert_eq!(parse_scope_param("a\tb"), Err(ScopeError::InvalidCharacter));
         assert_eq!(parse_scope_param("é"), Err(ScopeError::InvalidCharacter));

@@ -54,3 +54,96 @@ async fn a_huge_retry_after_neither_panics_nor_poisons_the_upstream() {
     );
     assert_eq!(upstream_calls(&upstream).await, 2);
 }
+
+/// The usual configuration with public tokens, alice (granted reports:read and reports:write) minting.
+fn config_with_public_tokens(token_url: &str, key: &std::path::Path) -> String {
+    format!(
+        "{}\n[[authenticators]]\ntype = \"public_token\"\n\n[public_tokens]\nsigning_key = {{ file = {:?} }}\nmint_subjects = [\"alice\"]\n",
+        config(token_url, "client_secret_post"),
+        key.display().to_string(),
+    )
+}
+
+/// An empty scope list once meant "no `scope` at the token endpoint", which most servers read as
+/// "every scope this client has": wider than the caller's grant.
+#[tokio::test]
+async fn an_empty_scope_list_is_refused_and_never_widens() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, token_broker::public_tokens::SigningKey::generate_pem()).unwrap();
+    let app = TestApp::spawn(&config_with_public_tokens(&format!("{}/token", upstream.uri()), &key)).await;
+
+    let mint = app
+        .http
+        .post(format!("{}/v1/public-tokens", app.base))
+        .header("X-API-Key", ALICE_KEY)
+        .json(&serde_json::json!({ "subject": "user-1", "scopes": { "upstreams": { "triumph": [] } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_error(mint).await, (400, "invalid_request".into()));
+
+    let query = app.get_token(BOB_KEY, "triumph", Some("")).await;
+    assert_eq!(status_and_error(query).await, (400, "invalid_request".into()));
+    let blank = app.get_token(BOB_KEY, "triumph", Some("   ")).await;
+    assert_eq!(status_and_error(blank).await, (400, "invalid_request".into()));
+    for (content_type, body) in [
+        ("application/x-www-form-urlencoded", "scope="),
+        ("application/json", r#"{"scope":""}"#),
+    ] {
+        let post = app
+            .http
+            .post(app.token_url("triumph"))
+            .header("X-API-Key", BOB_KEY)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status_and_error(post).await, (400, "invalid_request".into()), "{body}");
+    }
+    assert_eq!(upstream_calls(&upstream).await, 0, "nothing reached the token endpoint");
+
+    // Without `scope`, bob gets his whole grant, asked for by name.
+    let response = app.get_token(BOB_KEY, "triumph", None).await;
+    assert_eq!(response.status(), 200);
+    let requests = upstream.received_requests().await.unwrap();
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&requests[0].body).unwrap();
+    assert!(form.contains(&("scope".into(), "reports:read".into())), "{form:?}");
+}
+
+/// A token endpoint that grants more than was asked (RFC 6749 §3.3 lets it say so in `scope`):
+/// such a token would let the browser do more than the caller's grant allows.
+#[tokio::test]
+async fn a_token_wider_than_requested_is_refused_and_never_cached() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "too-wide-token",
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "scope": "reports:read admin",
+        })))
+        .mount(&upstream)
+        .await;
+    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    for _ in 0..2 {
+        let response = app.get_token(BOB_KEY, "triumph", None).await;
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("too-wide-token"), "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "upstream_error");
+    }
+    // The answer that was asked for narrows nothing: a token for exactly the requested scope serves.
+    upstream.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "narrow-token", "token_type": "Bearer", "expires_in": 3600, "scope": "reports:read",
+        })))
+        .mount(&upstream)
+        .await;
+    app.clock.advance(Duration::from_secs(11));
+    let response = app.get_token(BOB_KEY, "triumph", None).await;
+    assert_eq!(response.status(), 200);
+}

@@ -90,6 +90,10 @@ impl ApiError {
                     "the hourly token quota for this upstream is used up; try again later".into(),
                 ),
                 UpstreamError::Refused { .. } => ("upstream_error", "the token endpoint refused the request".into()),
+                UpstreamError::ScopeWidened => (
+                    "upstream_error",
+                    "the token endpoint granted more than was asked; the token was not served".into(),
+                ),
                 UpstreamError::InvalidResponse(_) => (
                     "upstream_error",
                     "the token endpoint answered something unusable".into(),
@@ -126,7 +130,9 @@ impl ResponseError for ApiError {
                 | UpstreamError::RateLimited { .. }
                 | UpstreamError::CircuitOpen { .. }
                 | UpstreamError::QuotaExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                UpstreamError::Refused { .. } | UpstreamError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
+                UpstreamError::Refused { .. } | UpstreamError::ScopeWidened | UpstreamError::InvalidResponse(_) => {
+                    StatusCode::BAD_GATEWAY
+                }
             },
         }
     }

@@ -108,8 +108,7 @@ fn resolve_scopes(state: &AppState, minter: &Identity, requested: RequestedScope
             ScopeRequest::All(true) => None,
             ScopeRequest::List(list) => Some(
                 parse_scope_param(&list.join(" "))
-                    .map_err(|e| ApiError::InvalidRequest(format!("malformed scope for `{name}`: {e}")))?
-                    .unwrap_or_default(),
+                    .map_err(|e| ApiError::InvalidRequest(format!("malformed scope for `{name}`: {e}")))?,
             ),
         };
         let entitlement = state.policy.entitle(minter, &name, wanted)?;

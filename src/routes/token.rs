@@ -155,14 +155,14 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
 
 fn log_exchange_failure(req: &HttpRequest, upstream: &str, error: &UpstreamError) {
     RequestId::with(req, |request_id| {
-        if matches!(error, UpstreamError::Refused { .. }) {
-            // A refusal means the broker's own configuration (secret, scopes) is wrong: an operator must act.
+        if matches!(error, UpstreamError::Refused { .. } | UpstreamError::ScopeWidened) {
+            // The broker's configuration (secret, scopes) and the server's disagree: an operator must act.
             tracing::error!(
                 request_id,
                 upstream,
                 error = %error,
                 oauth_error = error.oauth_error(),
-                "the token endpoint refused the broker's request"
+                "the token endpoint refused the broker's request or granted more than it asked"
             );
         } else {
             tracing::warn!(request_id, upstream, error = %error, "token exchange failed");
@@ -173,7 +173,9 @@ fn log_exchange_failure(req: &HttpRequest, upstream: &str, error: &UpstreamError
 fn requested_scopes(param: ScopeParam) -> Result<Option<ScopeSet>, ApiError> {
     match param.scope {
         None => Ok(None),
-        Some(text) => parse_scope_param(&text).map_err(|e| ApiError::InvalidRequest(format!("malformed scope: {e}"))),
+        Some(text) => parse_scope_param(&text)
+            .map(Some)
+            .map_err(|e| ApiError::InvalidRequest(format!("malformed scope: {e}"))),
     }
 }
 

@@ -76,7 +76,10 @@ impl CachedToken {
         let skew = refresh_skew.min(lifetime / 4);
         Self::assemble(
             fetched.access_token,
-            fetched.scope.unwrap_or_else(|| join_scopes(requested)),
+            fetched
+                .granted
+                .as_ref()
+                .map_or_else(|| join_scopes(requested), join_scopes),
             now,
             lifetime,
             lifetime - skew,

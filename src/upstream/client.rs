@@ -22,8 +22,8 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(31_557_600);
 pub struct FetchedToken {
     pub access_token: SecretString,
     pub lifetime: Duration,
-    /// The scope the endpoint says it granted (RFC 6749 §5.1), when it said so.
-    pub scope: Option<String>,
+    /// The scopes the endpoint says it granted (RFC 6749 §5.1), when it said so.
+    pub granted: Option<ScopeSet>,
 }
 
 /// Talks to token endpoints. One per process: it holds the connection pool.
@@ -87,7 +87,13 @@ impl TokenClient {
         let body = read_capped(response).await?;
 
         if status.is_success() {
-            parse_token_response(&body, self.default_ttl)
+            let token = parse_token_response(&body, self.default_ttl)?;
+            // A token wider than asked would let the browser do more than its grant (RFC 6749 §3.3).
+            // With no `scope` sent (a grant that lists none), the endpoint's default is what was asked.
+            match &token.granted {
+                Some(granted) if !scopes.is_empty() && !granted.is_subset(scopes) => Err(UpstreamError::ScopeWidened),
+                _ => Ok(token),
+            }
         } else if status.as_u16() == 429 {
             Err(UpstreamError::RateLimited { retry_after })
         } else if status.is_server_error() {
@@ -198,14 +204,20 @@ fn parse_token_response(body: &[u8], default_ttl: Duration) -> Result<FetchedTok
             Duration::from_secs(seconds as u64)
         }
     };
-    let scope = match parsed.scope {
-        Some(serde_json::Value::String(s)) => parse_scope_param(&s).ok().flatten().map(|set| join_scopes(&set)),
-        _ => None,
+    // RFC 6749 §5.1: `scope` is there when it differs from the request. One the broker cannot read
+    // could be wider than asked, so it is refused; an absent or blank one means "as requested".
+    let granted = match parsed.scope {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_json::Value::String(s)) => {
+            Some(parse_scope_param(&s).map_err(|_| UpstreamError::InvalidResponse("scope is not a list of scopes"))?)
+        }
+        Some(_) => return Err(UpstreamError::InvalidResponse("scope is not a string")),
     };
     Ok(FetchedToken {
         access_token: SecretString::from(access_token),
         lifetime,
-        scope,
+        granted,
     })
 }
 

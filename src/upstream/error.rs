@@ -49,6 +49,9 @@ pub enum UpstreamError {
     /// A 4xx refusal, usually an RFC 6749 §5.2 error such as `invalid_client`.
     #[error("the token endpoint refused the request with {status} ({})", .error.as_ref().map_or("no error code", |e| e.as_str()))]
     Refused { status: u16, error: Option<OAuthErrorCode> },
+    /// 2xx with a token for scopes that were not requested: never served.
+    #[error("the token endpoint granted a scope that was not requested")]
+    ScopeWidened,
     /// 2xx with a body that is not a usable token response.
     #[error("the token endpoint answered something unusable: {0}")]
     InvalidResponse(&'static str),
@@ -63,7 +66,7 @@ impl UpstreamError {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             Self::CircuitOpen { retry_after } | Self::QuotaExhausted { retry_after } => Some(*retry_after),
-            Self::Timeout | Self::Refused { .. } | Self::InvalidResponse(_) => None,
+            Self::Timeout | Self::Refused { .. } | Self::ScopeWidened | Self::InvalidResponse(_) => None,
         }
     }
 
@@ -77,6 +80,7 @@ impl UpstreamError {
             Self::CircuitOpen { .. } => "circuit_open",
             Self::QuotaExhausted { .. } => "quota_exhausted",
             Self::Refused { .. } => "refused",
+            Self::ScopeWidened => "scope_widened",
             Self::InvalidResponse(_) => "invalid_response",
         }
     }

@@ -170,7 +170,8 @@ impl Upstream {
                 guard.cool_down = Duration::ZERO;
                 guard.refusals.remove(scopes);
             }
-            Err(error @ UpstreamError::Refused { .. }) => {
+            // Both mean the broker's configuration and the server's disagree: asking again won't help.
+            Err(error @ (UpstreamError::Refused { .. } | UpstreamError::ScopeWidened)) => {
                 guard.refusals.retain(|_, (until, _)| now < *until);
                 guard
                     .refusals
