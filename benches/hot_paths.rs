@@ -55,7 +55,7 @@ fn policy(c: &mut Criterion) {
     c.bench_function("policy: entitle with scope narrowing (50 grants)", |b| {
         b.iter(|| {
             let requested = parse_scope_param(std::hint::black_box("reports:read")).unwrap();
-            policy.entitle(&identity, "triumph", requested).unwrap()
+            policy.entitle(&identity, "triumph", Some(requested)).unwrap()
         })
     });
 }
@@ -90,11 +90,11 @@ fn cache_hit(c: &mut Criterion) {
             metrics.clone(),
         ));
         let cache = TokenCache::new(clock, metrics, 10_000, Duration::from_secs(60), None);
-        let scopes = parse_scope_param("reports:read").unwrap().unwrap();
+        let scopes = parse_scope_param("reports:read").unwrap();
         cache.get(&upstream, &scopes).await.unwrap();
         (cache, upstream, server)
     });
-    let scopes = parse_scope_param("reports:read").unwrap().unwrap();
+    let scopes = parse_scope_param("reports:read").unwrap();
     c.bench_function("cache: hit", |b| {
         b.iter(|| runtime.block_on(cache.get(&upstream, &scopes)).unwrap())
     });
