@@ -127,6 +127,17 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
 }
 
+/// SHA-256 over an upstream's credentials and token-shaping settings; see
+/// [`UpstreamSettings::credential_fingerprint`]. Its `Debug` shows a prefix only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialFingerprint(pub [u8; 32]);
+
+impl fmt::Debug for CredentialFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialFingerprint({})", hex::encode(&self.0[..4]))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub name: String,
@@ -143,15 +154,40 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
+    /// A digest of everything that shapes the tokens this upstream hands out: the token endpoint,
+    /// client id, authentication method, secret, audience and extra parameters. It is part of every
+    /// cache key, in memory and in Redis, so a token fetched under other credentials or settings
+    /// is never served. Fields are length-prefixed, so no two settings share an encoding.
+    pub fn credential_fingerprint(&self) -> CredentialFingerprint {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(b"token-broker credentials v1");
+        field(self.token_url.as_str().as_bytes());
+        field(self.client_id.as_bytes());
+        field(format!("{:?}", self.auth_method).as_bytes());
+        field(self.client_secret.expose_secret().as_bytes());
+        match &self.audience {
+            Some(audience) => {
+                field(b"audience");
+                field(audience.as_bytes());
+            }
+            None => field(b"no audience"),
+        }
+        for (name, value) in &self.params {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        CredentialFingerprint(hasher.finalize().into())
+    }
+
     /// Whether `other` asks the same token endpoint with the same credentials and parameters,
     /// so that tokens cached under one are valid under the other.
     pub fn same_credentials(&self, other: &Self) -> bool {
-        self.token_url == other.token_url
-            && self.client_id == other.client_id
-            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
-            && self.auth_method == other.auth_method
-            && self.audience == other.audience
-            && self.params == other.params
+        self.credential_fingerprint() == other.credential_fingerprint()
     }
 
     /// Whether nothing at all differs, so the upstream's state (circuit breaker, remembered

@@ -147,3 +147,81 @@ async fn a_token_wider_than_requested_is_refused_and_never_cached() {
     let response = app.get_token(BOB_KEY, "triumph", None).await;
     assert_eq!(response.status(), 200);
 }
+
+const CACHE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
+
+/// The usual configuration with `audience` on `triumph` and a Redis tier.
+fn redis_config(token_url: &str, redis: &helpers::redis_server::RedisServer, audience: &str) -> String {
+    format!(
+        "{}\n[cache.redis]\nurl = \"{}\"\nencryption_key = \"{CACHE_KEY}\"\n",
+        config(token_url, "client_secret_post").replacen(
+            "timeout = \"2s\"",
+            &format!("timeout = \"2s\"\naudience = \"{audience}\""),
+            1
+        ),
+        redis.url(),
+    )
+}
+
+async fn access_token(http: &reqwest::Client, base: &str) -> String {
+    let response = http
+        .get(format!("{base}/v1/token/triumph"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Changing the audience (or the secret, client id, URL, params) and reloading once brought the old
+/// token back from Redis; two deployments sharing a Redis and key prefix saw each other's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_bound_to_the_credentials_and_settings_they_were_fetched_with() {
+    use helpers::process::{write, BrokerProcess};
+    let redis = helpers::redis_server::RedisServer::start();
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let token_url = format!("{}/token", upstream.uri());
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+
+    let path = write(
+        dir.path(),
+        "a.toml",
+        &redis_config(&token_url, &redis, "https://api-a.example"),
+    );
+    let mut broker = BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)]);
+    assert_eq!(access_token(&http, &broker.base).await, "token-1");
+
+    write(
+        dir.path(),
+        "a.toml",
+        &redis_config(&token_url, &redis, "https://api-b.example"),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    assert_eq!(
+        access_token(&http, &broker.base).await,
+        "token-2",
+        "a token for the old audience is never served for the new one"
+    );
+
+    // Another deployment: same Redis, prefix and encryption key, another client secret.
+    let other_path = write(
+        dir.path(),
+        "b.toml",
+        &redis_config(&token_url, &redis, "https://api-b.example"),
+    );
+    let mut other = BrokerProcess::start(&other_path, &[("TRIUMPH_SECRET", "another-secret")]);
+    assert_eq!(access_token(&http, &other.base).await, "token-3");
+    // The same settings and secret share as before: a third replica adopts token-2.
+    let mut twin = BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)]);
+    assert_eq!(access_token(&http, &twin.base).await, "token-2");
+    assert_eq!(upstream_calls(&upstream).await, 3);
+    for process in [&mut broker, &mut other, &mut twin] {
+        process.stop();
+    }
+}

@@ -24,6 +24,7 @@ use super::shared::{Lock, SharedTier, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::policy::{join_scopes, ScopeSet};
+use crate::settings::CredentialFingerprint;
 use crate::upstream::{FetchedToken, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.
@@ -37,11 +38,23 @@ const SHARED_POLL: Duration = Duration::from_millis(25);
 /// A token reported as rejected is replaced at most once per key in this interval.
 pub const REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// One cache entry per upstream and set of scopes.
+/// One cache entry per upstream, credentials and set of scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub upstream: String,
+    /// Tokens fetched under other credentials or settings are other entries.
+    pub credentials: CredentialFingerprint,
     pub scopes: ScopeSet,
+}
+
+impl CacheKey {
+    pub fn new(upstream: &Upstream, scopes: &ScopeSet) -> Self {
+        Self {
+            upstream: upstream.name().to_string(),
+            credentials: upstream.credentials,
+            scopes: scopes.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -263,10 +276,7 @@ impl TokenCache {
 
     /// A servable token for `scopes` of `upstream`, from the cache or fetched once for all waiters.
     pub async fn get(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
-        let key = CacheKey {
-            upstream: upstream.name().to_string(),
-            scopes: scopes.clone(),
-        };
+        let key = CacheKey::new(upstream, scopes);
         // The hot path: a servable token in memory, without the coalescing machinery.
         if let Some(token) = self.entries.get(&key).await {
             let now = self.clock.now();
@@ -326,10 +336,7 @@ impl TokenCache {
         scopes: &ScopeSet,
         rejected: &str,
     ) -> Result<Served, Arc<UpstreamError>> {
-        let key = CacheKey {
-            upstream: upstream.name().to_string(),
-            scopes: scopes.clone(),
-        };
+        let key = CacheKey::new(upstream, scopes);
         if let Some(current) = self.entries.get(&key).await {
             let old_enough = self.clock.now().saturating_duration_since(current.fetched_at) >= REPLACE_INTERVAL;
             if current.is(rejected) && old_enough {

@@ -52,6 +52,8 @@ pub struct SharedTier {
     password: Option<String>,
     namespace: String,
     cipher: Aes256Gcm,
+    /// Names the Redis keys (see `hashed`); derived from the encryption key.
+    name_key: ring::hmac::Key,
     timeout: Duration,
     metrics: Arc<Metrics>,
     release: redis::Script,
@@ -94,6 +96,10 @@ impl SharedTier {
             password,
             namespace: format!("{}{key_id}:", settings.key_prefix),
             cipher: Aes256Gcm::new(&settings.encryption_key.into()),
+            name_key: ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &Sha256::digest([b"token-broker cache key names:".as_slice(), &settings.encryption_key].concat()),
+            ),
             timeout: settings.timeout,
             metrics,
             release: redis::Script::new(
@@ -102,20 +108,23 @@ impl SharedTier {
         })
     }
 
-    fn hashed(key: &CacheKey) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(key.upstream.as_bytes());
-        hasher.update([0]);
-        hasher.update(join_scopes(&key.scopes).as_bytes());
-        hex::encode(hasher.finalize())
+    /// The cache key as Redis sees it: an HMAC under the encryption key, so that without that key
+    /// a guess at a secret cannot be checked against the names in Redis.
+    fn hashed(&self, key: &CacheKey) -> String {
+        let mut context = ring::hmac::Context::with_key(&self.name_key);
+        context.update(key.upstream.as_bytes());
+        context.update(&[0]);
+        context.update(&key.credentials.0);
+        context.update(join_scopes(&key.scopes).as_bytes());
+        hex::encode(context.sign().as_ref())
     }
 
     fn entry_key(&self, key: &CacheKey) -> String {
-        format!("{}token:{}", self.namespace, Self::hashed(key))
+        format!("{}token:{}", self.namespace, self.hashed(key))
     }
 
     fn lock_key(&self, key: &CacheKey) -> String {
-        format!("{}lock:{}", self.namespace, Self::hashed(key))
+        format!("{}lock:{}", self.namespace, self.hashed(key))
     }
 
     /// Checks once that Redis answers, and warns when it does not. Failures while serving are

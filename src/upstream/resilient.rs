@@ -22,7 +22,7 @@ use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::policy::ScopeSet;
-use crate::settings::UpstreamSettings;
+use crate::settings::{CredentialFingerprint, UpstreamSettings};
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -42,6 +42,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
+    /// What the cache keys this upstream's tokens under, besides the name and scopes.
+    pub credentials: CredentialFingerprint,
     /// The upstream's metric label, made once rather than on every request.
     pub label: UpstreamLabel,
     client: TokenClient,
@@ -77,6 +79,7 @@ impl Upstream {
             label: UpstreamLabel {
                 upstream: settings.name.clone(),
             },
+            credentials: settings.credential_fingerprint(),
             settings,
             client,
             clock,
