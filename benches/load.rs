@@ -104,6 +104,7 @@ url = "{issuer}/session"
 forward_cookies = ["app_session"]
 
 [[grants]]
+authenticators = ["api_key", "jwt", "forward"]
 subjects = ["*"]
 upstreams = {{ bench = ["reports:read"] }}
 "#,

@@ -167,6 +167,13 @@ impl Policy {
 }
 
 fn grant_matches(grant: &GrantSettings, identity: &Identity) -> bool {
+    // Identities are namespaced by authenticator; validation makes sure a grant without the list
+    // cannot be matched from two namespaces by subject or group.
+    if let Some(names) = &grant.authenticators {
+        if !names.iter().any(|n| **n == *identity.authenticator) {
+            return false;
+        }
+    }
     if grant.subjects.iter().any(|s| s == "*" || *s == identity.subject) {
         return true;
     }

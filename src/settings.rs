@@ -35,7 +35,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub cache: CacheSettings,
     pub upstreams: BTreeMap<String, UpstreamSettings>,
-    pub authenticators: Vec<AuthenticatorSettings>,
+    pub authenticators: Vec<NamedAuthenticator>,
     pub grants: Vec<GrantSettings>,
     pub public_tokens: Option<PublicTokenSettings>,
 }
@@ -49,6 +49,8 @@ pub struct PublicTokenSettings {
     pub max_expiration: Duration,
     pub issuer: String,
     pub mint_subjects: Vec<String>,
+    /// Whose subjects `mint_subjects` are: authenticator names (default: every api_key one).
+    pub mint_authenticators: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +203,14 @@ impl UpstreamSettings {
     }
 }
 
+/// An authenticator and its name: identities are (name, subject) pairs, so the same subject from
+/// two authenticators is two callers.
+#[derive(Debug, Clone)]
+pub struct NamedAuthenticator {
+    pub name: std::sync::Arc<str>,
+    pub settings: AuthenticatorSettings,
+}
+
 #[derive(Debug, Clone)]
 pub enum AuthenticatorSettings {
     ApiKey {
@@ -222,6 +232,9 @@ pub struct JwtSettings {
     pub audiences: Vec<String>,
     pub jwks_url: Option<Url>,
     pub hosted_domain: Option<String>,
+    /// Google's issuer: an address counts only with `hd` equal to its domain, or at gmail.com,
+    /// since `email_verified` alone holds for a consumer account made for anyone's address.
+    pub google: bool,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub leeway: Duration,
     pub groups_claim: String,
@@ -268,6 +281,9 @@ impl fmt::Debug for ApiKeySettings {
 
 #[derive(Debug, Clone, Default)]
 pub struct GrantSettings {
+    /// The authenticators whose identities this grant matches; `None`: any (allowed only where
+    /// that cannot confuse two namespaces, see `validate_grants`).
+    pub authenticators: Option<Vec<String>>,
     pub subjects: Vec<String>,
     pub emails: Vec<String>,
     pub email_domains: Vec<String>,
@@ -425,6 +441,8 @@ mod file {
         pub issuer: Option<String>,
         #[serde(default, deserialize_with = "string_or_list")]
         pub mint_subjects: Vec<String>,
+        #[serde(default, deserialize_with = "optional_list")]
+        pub mint_authenticators: Option<Vec<String>>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -503,17 +521,33 @@ mod file {
     #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
     pub enum Authenticator {
         ApiKey {
+            name: Option<String>,
             #[serde(default)]
             keys: Vec<ApiKey>,
         },
         Jwt(Jwt),
         Forward(Forward),
-        PublicToken {},
+        PublicToken {
+            name: Option<String>,
+        },
+    }
+
+    impl Authenticator {
+        /// The `type` as written, and the name the operator gave, if any.
+        pub fn type_and_name(&self) -> (&'static str, Option<&str>) {
+            match self {
+                Self::ApiKey { name, .. } => ("api_key", name.as_deref()),
+                Self::Jwt(jwt) => ("jwt", jwt.name.as_deref()),
+                Self::Forward(forward) => ("forward", forward.name.as_deref()),
+                Self::PublicToken { name } => ("public_token", name.as_deref()),
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Jwt {
+        pub name: Option<String>,
         pub preset: Option<String>,
         pub issuer: Option<String>,
         #[serde(default, deserialize_with = "string_or_list")]
@@ -532,6 +566,7 @@ mod file {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Forward {
+        pub name: Option<String>,
         pub url: String,
         #[serde(default, deserialize_with = "string_or_list")]
         pub forward_cookies: Vec<String>,
@@ -555,6 +590,8 @@ mod file {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Grant {
+        #[serde(default, deserialize_with = "optional_list")]
+        pub authenticators: Option<Vec<String>>,
         #[serde(default)]
         pub subjects: Vec<String>,
         #[serde(default)]
@@ -573,6 +610,11 @@ mod file {
     pub enum DurationText {
         Seconds(u64),
         Text(String),
+    }
+
+    /// As [`string_or_list`], keeping "absent" apart from "empty".
+    fn optional_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        string_or_list(d).map(Some)
     }
 
     fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -844,109 +886,13 @@ impl file::Settings {
             }
         }
 
-        if self.authenticators.is_empty() {
-            check.problem(
-                "authenticators",
-                "at least one authenticator is required: nobody could be served",
-            );
-        }
-        let mut authenticators = Vec::new();
-        let mut key_ids = BTreeSet::new();
-        for (i, raw) in self.authenticators.iter().enumerate() {
-            match raw {
-                file::Authenticator::ApiKey { keys } => {
-                    if keys.is_empty() {
-                        check.problem(
-                            format!("authenticators[{i}].keys"),
-                            "an api_key authenticator needs at least one key",
-                        );
-                    }
-                    let mut parsed = Vec::new();
-                    for (j, k) in keys.iter().enumerate() {
-                        let key = |field: &str| format!("authenticators[{i}].keys[{j}].{field}");
-                        if !key_ids.insert(k.id.clone()) {
-                            check.problem(key("id"), format!("duplicate key id `{}`", k.id));
-                        }
-                        if k.subject.trim().is_empty() {
-                            check.problem(key("subject"), "must not be empty");
-                        }
-                        match parse_sha256(&k.hash) {
-                            Some(hash) => parsed.push(ApiKeySettings {
-                                id: k.id.clone(),
-                                hash,
-                                subject: k.subject.clone(),
-                            }),
-                            None => check.problem(
-                                key("hash"),
-                                "must be `sha256:` and 64 hex digits (see `token-broker hash-key`)",
-                            ),
-                        }
-                    }
-                    authenticators.push(AuthenticatorSettings::ApiKey { keys: parsed });
-                }
-                file::Authenticator::Jwt(raw) => {
-                    authenticators.push(AuthenticatorSettings::Jwt(validate_jwt(&mut check, i, raw)));
-                }
-                file::Authenticator::Forward(raw) => {
-                    if let Some(forward) = validate_forward(&mut check, i, raw) {
-                        authenticators.push(AuthenticatorSettings::Forward(forward));
-                    }
-                }
-                file::Authenticator::PublicToken {} => {
-                    if self.public_tokens.is_none() {
-                        check.problem(
-                            format!("authenticators[{i}].type"),
-                            "a public_token authenticator needs a [public_tokens] section",
-                        );
-                    }
-                    authenticators.push(AuthenticatorSettings::PublicToken);
-                }
-            }
-        }
-
-        let mut grants = Vec::new();
-        for (i, raw) in self.grants.iter().enumerate() {
-            let key = |field: &str| format!("grants[{i}].{field}");
-            if raw.subjects.is_empty() && raw.emails.is_empty() && raw.email_domains.is_empty() && raw.groups.is_empty()
-            {
-                check.problem(
-                    key("subjects"),
-                    "a grant must name subjects, emails, email_domains or groups",
-                );
-            }
-            let mut granted = BTreeMap::new();
-            for (upstream, scopes) in &raw.upstreams {
-                let scope_key = key(&format!("upstreams.{upstream}"));
-                let set = check.scopes(&scope_key, scopes);
-                match self.upstreams.get(upstream) {
-                    None => check.problem(scope_key, format!("no upstream named `{upstream}`")),
-                    Some(up) => {
-                        let allowed = check_upstream_scopes(&up.scopes);
-                        for scope in &set {
-                            if !allowed.contains(scope) {
-                                check.problem(
-                                    scope_key.clone(),
-                                    format!("scope `{scope}` is not in upstreams.{upstream}.scopes"),
-                                );
-                            }
-                        }
-                    }
-                }
-                granted.insert(upstream.clone(), set);
-            }
-            grants.push(GrantSettings {
-                subjects: raw.subjects.clone(),
-                emails: raw.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
-                email_domains: raw.email_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                groups: raw.groups.clone(),
-                upstreams: granted,
-            });
-        }
+        let authenticators = validate_authenticators(&mut check, &self.authenticators, self.public_tokens.is_some());
+        let grants = validate_grants(&mut check, &self.grants, &self.upstreams, &authenticators);
 
         let public_tokens = self
             .public_tokens
             .as_ref()
-            .and_then(|raw| validate_public_tokens(&mut check, raw, env));
+            .and_then(|raw| validate_public_tokens(&mut check, raw, env, &authenticators));
 
         if check.problems.is_empty() {
             Ok(Settings {
@@ -961,6 +907,201 @@ impl file::Settings {
             Err(Problems(check.problems))
         }
     }
+}
+
+/// The authenticators with their names: by default the `type` (`google` for the Google preset);
+/// two of one type must be told apart by `name`.
+fn validate_authenticators(
+    check: &mut Check,
+    raws: &[file::Authenticator],
+    has_public_tokens: bool,
+) -> Vec<NamedAuthenticator> {
+    if raws.is_empty() {
+        check.problem(
+            "authenticators",
+            "at least one authenticator is required: nobody could be served",
+        );
+    }
+    let mut authenticators = Vec::new();
+    let mut key_ids = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let settings = match raw {
+            file::Authenticator::ApiKey { keys, .. } => AuthenticatorSettings::ApiKey {
+                keys: validate_api_keys(check, i, keys, &mut key_ids),
+            },
+            file::Authenticator::Jwt(raw) => AuthenticatorSettings::Jwt(validate_jwt(check, i, raw)),
+            file::Authenticator::Forward(raw) => match validate_forward(check, i, raw) {
+                Some(forward) => AuthenticatorSettings::Forward(forward),
+                None => continue,
+            },
+            file::Authenticator::PublicToken { .. } => {
+                if !has_public_tokens {
+                    check.problem(
+                        format!("authenticators[{i}].type"),
+                        "a public_token authenticator needs a [public_tokens] section",
+                    );
+                }
+                AuthenticatorSettings::PublicToken
+            }
+        };
+        let (kind, given) = raw.type_and_name();
+        let name = match (given, &settings) {
+            (Some(name), _) => name,
+            (None, AuthenticatorSettings::Jwt(jwt)) if jwt.google => "google",
+            (None, _) => kind,
+        };
+        if !is_valid_upstream_name(name) {
+            check.problem(
+                format!("authenticators[{i}].name"),
+                "names use only letters, digits, '-' and '_'",
+            );
+        } else if !names.insert(name.to_string()) {
+            let hint = if given.is_some() {
+                "is taken by another authenticator"
+            } else {
+                "is the default name of another authenticator of this type too: give each its own `name`"
+            };
+            check.problem(format!("authenticators[{i}].name"), format!("`{name}` {hint}"));
+        }
+        authenticators.push(NamedAuthenticator {
+            name: name.into(),
+            settings,
+        });
+    }
+    authenticators
+}
+
+fn validate_api_keys(
+    check: &mut Check,
+    i: usize,
+    keys: &[file::ApiKey],
+    key_ids: &mut BTreeSet<String>,
+) -> Vec<ApiKeySettings> {
+    if keys.is_empty() {
+        check.problem(
+            format!("authenticators[{i}].keys"),
+            "an api_key authenticator needs at least one key",
+        );
+    }
+    let mut parsed = Vec::new();
+    for (j, k) in keys.iter().enumerate() {
+        let key = |field: &str| format!("authenticators[{i}].keys[{j}].{field}");
+        if !key_ids.insert(k.id.clone()) {
+            check.problem(key("id"), format!("duplicate key id `{}`", k.id));
+        }
+        if k.subject.trim().is_empty() {
+            check.problem(key("subject"), "must not be empty");
+        }
+        match parse_sha256(&k.hash) {
+            Some(hash) => parsed.push(ApiKeySettings {
+                id: k.id.clone(),
+                hash,
+                subject: k.subject.clone(),
+            }),
+            None => check.problem(
+                key("hash"),
+                "must be `sha256:` and 64 hex digits (see `token-broker hash-key`)",
+            ),
+        }
+    }
+    parsed
+}
+
+/// Names of the authenticators whose identities grants can match (public tokens carry their own rights).
+fn grantable_names(authenticators: &[NamedAuthenticator]) -> Vec<&str> {
+    authenticators
+        .iter()
+        .filter(|a| !matches!(a.settings, AuthenticatorSettings::PublicToken))
+        .map(|a| &*a.name)
+        .collect()
+}
+
+/// Grants: known upstreams and scopes, and whose identities they match. A subject or group means
+/// nothing without its authenticator (`svc-backend` from an API key is not `svc-backend` from a
+/// session endpoint), so a grant naming them must say which authenticators it means, unless only
+/// one could be meant.
+fn validate_grants(
+    check: &mut Check,
+    raws: &[file::Grant],
+    upstreams: &BTreeMap<String, file::Upstream>,
+    authenticators: &[NamedAuthenticator],
+) -> Vec<GrantSettings> {
+    let grantable = grantable_names(authenticators);
+    let mut grants = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let key = |field: &str| format!("grants[{i}].{field}");
+        if raw.subjects.is_empty() && raw.emails.is_empty() && raw.email_domains.is_empty() && raw.groups.is_empty() {
+            check.problem(
+                key("subjects"),
+                "a grant must name subjects, emails, email_domains or groups",
+            );
+        }
+        match &raw.authenticators {
+            Some(names) => {
+                if names.is_empty() {
+                    check.problem(key("authenticators"), "must name at least one authenticator");
+                }
+                for (j, name) in names.iter().enumerate() {
+                    if authenticators
+                        .iter()
+                        .any(|a| &*a.name == name && matches!(a.settings, AuthenticatorSettings::PublicToken))
+                    {
+                        check.problem(
+                            format!("grants[{i}].authenticators[{j}]"),
+                            format!("`{name}` is a public_token authenticator: its tokens carry their own scopes and never match grants"),
+                        );
+                    } else if !grantable.contains(&name.as_str()) {
+                        check.problem(
+                            format!("grants[{i}].authenticators[{j}]"),
+                            format!("no authenticator named `{name}` (names: {})", grantable.join(", ")),
+                        );
+                    }
+                }
+            }
+            None if (!raw.subjects.is_empty() || !raw.groups.is_empty()) && grantable.len() > 1 => check.problem(
+                key("authenticators"),
+                format!(
+                    "this grant names subjects or groups, and {} authenticators could have vouched for them ({}): \
+                     list the ones it means, e.g. authenticators = [\"{}\"]. Since subjects are namespaced \
+                     by authenticator, a grant without this key is valid only while one authenticator is configured",
+                    grantable.len(),
+                    grantable.join(", "),
+                    grantable[0],
+                ),
+            ),
+            None => {}
+        }
+        let mut granted = BTreeMap::new();
+        for (upstream, scopes) in &raw.upstreams {
+            let scope_key = key(&format!("upstreams.{upstream}"));
+            let set = check.scopes(&scope_key, scopes);
+            match upstreams.get(upstream) {
+                None => check.problem(scope_key, format!("no upstream named `{upstream}`")),
+                Some(up) => {
+                    let allowed = check_upstream_scopes(&up.scopes);
+                    for scope in &set {
+                        if !allowed.contains(scope) {
+                            check.problem(
+                                scope_key.clone(),
+                                format!("scope `{scope}` is not in upstreams.{upstream}.scopes"),
+                            );
+                        }
+                    }
+                }
+            }
+            granted.insert(upstream.clone(), set);
+        }
+        grants.push(GrantSettings {
+            authenticators: raw.authenticators.clone(),
+            subjects: raw.subjects.clone(),
+            emails: raw.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+            email_domains: raw.email_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            groups: raw.groups.clone(),
+            upstreams: granted,
+        });
+    }
+    grants
 }
 
 /// Algorithms an id_token may be signed with: asymmetric only, so a public key can never be
@@ -1036,6 +1177,7 @@ fn validate_jwt(check: &mut Check, i: usize, raw: &file::Jwt) -> JwtSettings {
         audiences: raw.audiences.clone(),
         jwks_url,
         hosted_domain: raw.hosted_domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        google,
         algorithms,
         leeway: check.duration(&key("leeway"), raw.leeway.as_ref(), Duration::from_secs(60)),
         groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
@@ -1163,7 +1305,12 @@ fn validate_redis(check: &mut Check, raw: &file::Redis, env: &Env) -> Option<Red
     })
 }
 
-fn validate_public_tokens(check: &mut Check, raw: &file::PublicTokens, env: &Env) -> Option<PublicTokenSettings> {
+fn validate_public_tokens(
+    check: &mut Check,
+    raw: &file::PublicTokens,
+    env: &Env,
+    authenticators: &[NamedAuthenticator],
+) -> Option<PublicTokenSettings> {
     let pem = check.secret("public_tokens.signing_key", &raw.signing_key, env);
     let signing_key = match SigningKey::from_pem(pem.expose_secret()) {
         Ok(key) => Some(key),
@@ -1200,7 +1347,30 @@ fn validate_public_tokens(check: &mut Check, raw: &file::PublicTokens, env: &Env
     if issuer.trim().is_empty() {
         check.problem("public_tokens.issuer", "must not be empty");
     }
+    let mint_authenticators = match &raw.mint_authenticators {
+        Some(names) => {
+            let grantable = grantable_names(authenticators);
+            for (i, name) in names.iter().enumerate() {
+                if !grantable.contains(&name.as_str()) {
+                    check.problem(
+                        format!("public_tokens.mint_authenticators[{i}]"),
+                        format!(
+                            "no authenticator named `{name}` that can mint (names: {})",
+                            grantable.join(", ")
+                        ),
+                    );
+                }
+            }
+            names.clone()
+        }
+        None => authenticators
+            .iter()
+            .filter(|a| matches!(a.settings, AuthenticatorSettings::ApiKey { .. }))
+            .map(|a| a.name.to_string())
+            .collect(),
+    };
     Some(PublicTokenSettings {
+        mint_authenticators,
         signing_key: signing_key?,
         previous_keys,
         default_expiration,
@@ -1261,6 +1431,7 @@ mod tests {
         keys = [{ id = "ci", hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000", subject = "svc-ci" }]
 
         [[grants]]
+        authenticators = ["api_key"]
         subjects = ["*"]
         upstreams = { triumph = ["reports:read"] }
     "#;
@@ -1410,7 +1581,7 @@ mod tests {
     fn the_google_preset_accepts_both_issuer_spellings() {
         let text = format!("{MINIMAL}\n[[authenticators]]\ntype = \"jwt\"\npreset = \"google\"\naudiences = [\"x.apps.googleusercontent.com\"]\n");
         let settings = Settings::from_toml(&text, &env(&[("TRIUMPH_SECRET", "s")])).unwrap();
-        let AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[1] else {
+        let AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[1].settings else {
             panic!("a jwt authenticator")
         };
         assert_eq!(jwt.issuer, GOOGLE_ISSUER);

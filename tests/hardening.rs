@@ -225,3 +225,125 @@ async fn tokens_are_bound_to_the_credentials_and_settings_they_were_fetched_with
         process.stop();
     }
 }
+
+/// A session endpoint that says every cookie holder is `subject`.
+async fn session_saying(subject: &str) -> MockServer {
+    let session = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "sub": subject })))
+        .mount(&session)
+        .await;
+    session
+}
+
+/// A forward-auth user whose session endpoint answered `sub: "alice"` once got the API key
+/// alice's grants, and could mint public tokens for anyone as she can.
+#[tokio::test]
+async fn the_same_subject_from_another_authenticator_is_another_caller() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let session = session_saying("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, token_broker::public_tokens::SigningKey::generate_pem()).unwrap();
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
+        config_with_public_tokens(&format!("{}/token", upstream.uri()), &key),
+        session.uri(),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let as_session = |request: reqwest::RequestBuilder| {
+        request
+            .header("Cookie", "sid=whoever")
+            .header("X-Requested-With", "test")
+    };
+
+    let token = as_session(app.http.get(app.token_url("triumph"))).send().await.unwrap();
+    assert_eq!(status_and_error(token).await, (403, "access_denied".into()));
+    let mint = as_session(app.http.post(format!("{}/v1/public-tokens", app.base)))
+        .json(&serde_json::json!({ "subject": "anyone", "scopes": { "upstreams": { "triumph": true } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_error(mint).await, (403, "access_denied".into()));
+    assert_eq!(upstream_calls(&upstream).await, 0);
+
+    // The API key alice keeps her grant and her right to mint.
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    let mint = app
+        .http
+        .post(format!("{}/v1/public-tokens", app.base))
+        .header("X-API-Key", ALICE_KEY)
+        .json(&serde_json::json!({ "subject": "anyone", "scopes": { "upstreams": { "triumph": ["reports:read"] } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mint.status(), 200);
+}
+
+/// `check` names every grant whose subjects or groups could now come from two authenticators,
+/// and says what to write.
+#[test]
+fn check_names_every_grant_that_must_say_whose_subjects_it_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"https://app.example.com/session\"\nforward_cookies = [\"sid\"]\n\n[[grants]]\nsubjects = [\"svc-backend\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n\n[[grants]]\ngroups = [\"staff\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n\n[[grants]]\nemail_domains = [\"corp.com\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config("https://auth.example.com/token", "client_secret_post"),
+    );
+    let path = helpers::process::write(dir.path(), "broker.toml", &toml);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("TRIUMPH_SECRET", "s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(".authenticators")).collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the subjects grant and the groups grant, not the email one:\n{stderr}"
+    );
+    assert!(lines[0].starts_with("grants[2].authenticators: "), "{stderr}");
+    assert!(lines[1].starts_with("grants[3].authenticators: "), "{stderr}");
+    assert!(
+        lines[0].contains("api_key, forward") && lines[0].contains("authenticators = [\""),
+        "{stderr}"
+    );
+}
+
+/// `email_verified` alone is true for a consumer Google account anyone can create for an address
+/// they once received mail at; Google vouches for the address only within the `hd` domain.
+#[tokio::test]
+async fn a_google_address_counts_only_with_its_workspace_domain_or_at_gmail() {
+    use helpers::idp::{now, sign_as, Idp, AUDIENCE};
+    use jsonwebtoken::Algorithm;
+    let idp = Idp::start(&["rsa-a"], None).await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"jwt\"\npreset = \"google\"\njwks_url = \"{}/jwks\"\naudiences = [\"{AUDIENCE}\"]\n\n[[grants]]\nemail_domains = [\"corp.com\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n\n[[grants]]\nemails = [\"someone@gmail.com\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post"),
+        idp.issuer,
+    );
+    let app = TestApp::spawn(&toml).await;
+    let status = |email: &'static str, hd: Option<&'static str>| {
+        let mut claims = serde_json::json!({
+            "iss": "https://accounts.google.com", "aud": AUDIENCE, "sub": format!("{email}-{hd:?}"),
+            "exp": now() + 600, "email": email, "email_verified": true,
+        });
+        if let Some(hd) = hd {
+            claims["hd"] = hd.into();
+        }
+        let token = sign_as("rsa-a", Algorithm::RS256, Some("rsa-a"), &claims);
+        let request = app.http.get(app.token_url("triumph")).bearer_auth(token).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status("leaver@corp.com", None).await,
+        403,
+        "a consumer account for a corp.com address"
+    );
+    assert_eq!(status("leaver@corp.com", Some("other.com")).await, 403);
+    assert_eq!(status("staff@corp.com", Some("corp.com")).await, 200);
+    assert_eq!(status("someone@gmail.com", None).await, 200);
+}

@@ -12,6 +12,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const GRANTS: &str = r#"
 [[grants]]
+authenticators = ["forward"]
 groups = ["staff"]
 upstreams = { triumph = ["reports:read"] }
 "#;

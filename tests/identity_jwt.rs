@@ -15,6 +15,7 @@ use wiremock::{Mock, MockServer};
 
 const USER_GRANT: &str = r#"
 [[grants]]
+authenticators = ["jwt"]
 subjects = ["user-1"]
 upstreams = { triumph = ["reports:read"] }
 
@@ -288,6 +289,7 @@ fn google_authenticator(idp: &Idp, hosted_domain: &str) -> String {
         r#"
         [[authenticators]]
         type = "jwt"
+        name = "jwt"
         preset = "google"
         jwks_url = "{}/jwks"
         audiences = ["{AUDIENCE}"]

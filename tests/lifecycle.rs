@@ -102,7 +102,7 @@ async fn a_reload_keeps_what_unchanged_parts_learnt_the_issuers_keys_and_the_hou
     let upstream = token_endpoint(IssueTokens::new(600)).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "{}{}\n[[grants]]\nsubjects = [\"user-1\", \"user-2\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        "{}{}\n[[grants]]\nauthenticators = [\"jwt\"]\nsubjects = [\"user-1\", \"user-2\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
         config(&format!("{}/token", upstream.uri()), "client_secret_post")
             .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_tokens_per_hour = 1"),
         jwt_authenticator(&idp.issuer),

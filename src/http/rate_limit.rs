@@ -28,15 +28,15 @@ impl IdentityRateLimit {
         }
     }
 
-    /// `Err(wait)` when `subject` is over its rate.
-    pub fn check(&self, subject: &str) -> Result<(), Duration> {
+    /// `Err(wait)` when the caller (`subject` of `authenticator`) is over its rate.
+    pub fn check(&self, authenticator: &str, subject: &str) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         let n = self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
             limiter.retain_recent();
         }
         let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(subject, &mut hasher);
+        std::hash::Hash::hash(&(authenticator, subject), &mut hasher);
         limiter
             .check_key(&std::hash::Hasher::finish(&hasher))
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
@@ -51,11 +51,15 @@ mod tests {
     fn a_burst_passes_then_the_subject_waits_while_others_do_not() {
         let limit = IdentityRateLimit::new(1, 3);
         for _ in 0..3 {
-            assert!(limit.check("alice").is_ok());
+            assert!(limit.check("api_key", "alice").is_ok());
         }
-        let wait = limit.check("alice").unwrap_err();
+        let wait = limit.check("api_key", "alice").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
-        assert!(limit.check("bob").is_ok());
-        assert!(IdentityRateLimit::new(0, 0).check("anyone").is_ok());
+        assert!(limit.check("api_key", "bob").is_ok());
+        assert!(
+            limit.check("forward", "alice").is_ok(),
+            "another authenticator's alice is another caller"
+        );
+        assert!(IdentityRateLimit::new(0, 0).check("api_key", "anyone").is_ok());
     }
 }

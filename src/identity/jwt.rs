@@ -145,7 +145,18 @@ impl JwtAuthenticator {
         let verified = matches!(claims.get("email_verified"), Some(Value::Bool(true)))
             || claims.get("email_verified").and_then(Value::as_str) == Some("true");
         if verified {
-            identity.verified_email = claims.get("email").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            let email = claims.get("email").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            identity.verified_email = match email {
+                // `email_verified` holds for a consumer Google account made for any address its
+                // maker once received mail at (a leaver's, a shared alias): Google vouches for an
+                // address only within the Workspace domain `hd` names, or at gmail.com.
+                Some(email) if self.settings.google => {
+                    let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
+                    let hd = claims.get("hd").and_then(Value::as_str).map(str::to_ascii_lowercase);
+                    (domain == "gmail.com" || hd.as_deref() == Some(domain)).then_some(email)
+                }
+                email => email,
+            };
         }
         identity.groups = match claims.get(&self.settings.groups_claim) {
             Some(Value::Array(values)) => values.iter().filter_map(Value::as_str).map(String::from).collect(),
@@ -213,7 +224,7 @@ mod tests {
             "#
         );
         let settings = crate::settings::Settings::from_toml(&toml, &Default::default()).unwrap();
-        let crate::settings::AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[0] else {
+        let crate::settings::AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[0].settings else {
             unreachable!("the one authenticator is a jwt one")
         };
         JwtAuthenticator::new(jwt, Arc::new(crate::clock::SystemClock))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::clock::SharedClock;
 use crate::policy::Rights;
 use crate::public_tokens::PublicTokens;
-use crate::settings::AuthenticatorSettings;
+use crate::settings::{AuthenticatorSettings, NamedAuthenticator};
 
 /// How an identity was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +33,24 @@ pub enum Method {
     PublicToken,
 }
 
-/// An authenticated caller.
+impl Method {
+    /// The authenticator name a method has when the configuration gives none.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Jwt => "jwt",
+            Self::Forward => "forward",
+            Self::PublicToken => "public_token",
+        }
+    }
+}
+
+/// An authenticated caller: the pair (authenticator name, subject). The same subject from two
+/// authenticators is two callers.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The name of the authenticator that vouched for this caller.
+    pub authenticator: Arc<str>,
     pub subject: String,
     /// Only set when the authenticator vouches that the address was verified.
     pub verified_email: Option<String>,
@@ -49,6 +64,7 @@ pub struct Identity {
 impl Identity {
     pub fn new(subject: impl Into<String>, method: Method) -> Self {
         Self {
+            authenticator: method.default_name().into(),
             subject: subject.into(),
             verified_email: None,
             groups: Vec::new(),
@@ -132,21 +148,26 @@ impl Authenticator {
     }
 }
 
-/// The authenticators, tried in order.
+/// The authenticators, tried in order, each with its name.
 pub struct Chain {
-    authenticators: Vec<Authenticator>,
+    authenticators: Vec<(Arc<str>, Authenticator)>,
 }
 
 impl Chain {
     pub fn new(
-        settings: &[AuthenticatorSettings],
+        settings: &[NamedAuthenticator],
         clock: &SharedClock,
         public_tokens: Option<&Arc<PublicTokens>>,
     ) -> Self {
         Self {
             authenticators: settings
                 .iter()
-                .map(|s| Authenticator::from_settings(s, clock, public_tokens))
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        Authenticator::from_settings(&s.settings, clock, public_tokens),
+                    )
+                })
                 .collect(),
         }
     }
@@ -156,12 +177,12 @@ impl Chain {
     /// issuer be down), the verified tokens and the session decisions.
     pub fn carry_over(
         previous: &Chain,
-        settings: &[AuthenticatorSettings],
+        settings: &[NamedAuthenticator],
         clock: &SharedClock,
         public_tokens: Option<&Arc<PublicTokens>>,
     ) -> Self {
         let kept = |wanted: &AuthenticatorSettings| {
-            previous.authenticators.iter().find_map(|old| match (old, wanted) {
+            previous.authenticators.iter().find_map(|(_, old)| match (old, wanted) {
                 (Authenticator::Jwt(a), AuthenticatorSettings::Jwt(s)) if a.settings() == s => {
                     Some(Authenticator::Jwt(a.clone()))
                 }
@@ -174,16 +195,23 @@ impl Chain {
         Self {
             authenticators: settings
                 .iter()
-                .map(|s| kept(s).unwrap_or_else(|| Authenticator::from_settings(s, clock, public_tokens)))
+                .map(|s| {
+                    let authenticator = kept(&s.settings)
+                        .unwrap_or_else(|| Authenticator::from_settings(&s.settings, clock, public_tokens));
+                    (s.name.clone(), authenticator)
+                })
                 .collect(),
         }
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
-        for authenticator in &self.authenticators {
+        for (name, authenticator) in &self.authenticators {
             match authenticator.authenticate(headers).await {
                 Outcome::NotMine => continue,
-                Outcome::Authenticated(identity) => return Ok(identity),
+                Outcome::Authenticated(mut identity) => {
+                    identity.authenticator = name.clone();
+                    return Ok(identity);
+                }
                 Outcome::Rejected(error) => return Err(error),
             }
         }
@@ -207,7 +235,7 @@ mod tests {
         bearer_token(&headers).map(str::to_string)
     }
 
-    fn authenticators(audience: &str) -> Vec<AuthenticatorSettings> {
+    fn authenticators(audience: &str) -> Vec<NamedAuthenticator> {
         let toml = format!(
             r#"
             [upstreams.u]
@@ -243,12 +271,12 @@ mod tests {
         let clock: SharedClock = Arc::new(crate::clock::SystemClock);
         let first = Chain::new(&authenticators("app"), &clock, None);
         let unchanged = Chain::carry_over(&first, &authenticators("app"), &clock, None);
-        assert!(same(&first.authenticators[0], &unchanged.authenticators[0]));
-        assert!(same(&first.authenticators[1], &unchanged.authenticators[1]));
+        assert!(same(&first.authenticators[0].1, &unchanged.authenticators[0].1));
+        assert!(same(&first.authenticators[1].1, &unchanged.authenticators[1].1));
         // Tokens verified for the old audience must not be taken as verified for the new one.
         let changed = Chain::carry_over(&first, &authenticators("other-app"), &clock, None);
-        assert!(!same(&first.authenticators[0], &changed.authenticators[0]));
-        assert!(same(&first.authenticators[1], &changed.authenticators[1]));
+        assert!(!same(&first.authenticators[0].1, &changed.authenticators[0].1));
+        assert!(same(&first.authenticators[1].1, &changed.authenticators[1].1));
     }
 
     #[test]

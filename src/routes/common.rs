@@ -17,7 +17,7 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identit
     }
     state
         .rate_limit
-        .check(&identity.subject)
+        .check(&identity.authenticator, &identity.subject)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     Ok(identity)
 }

@@ -64,7 +64,12 @@ async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>
     };
     let minter = authenticate(&req, &state).await?;
     // Public tokens never mint: a holder must not extend its own life or rights.
-    if minter.method == Method::PublicToken || !settings.mint_subjects.contains(&minter.subject) {
+    let may_mint = settings
+        .mint_authenticators
+        .iter()
+        .any(|n| **n == *minter.authenticator)
+        && settings.mint_subjects.contains(&minter.subject);
+    if minter.method == Method::PublicToken || !may_mint {
         return Err(ApiError::AccessDenied(Denied::NotAMinter));
     }
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
@@ -87,6 +92,7 @@ async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>
         tracing::info!(
             target: "token_broker::audit",
             request_id,
+            minter_authenticator = &*minter.authenticator,
             minter = %minter.subject,
             subject = %request.subject,
             expires_at,

@@ -132,6 +132,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
         tracing::info!(
             target: "token_broker::audit",
             request_id,
+            authenticator = &*identity.authenticator,
             subject = identity.subject.as_str(),
             upstream = upstream.name(),
             scopes = %ScopeList(&entitlement.scopes),

@@ -124,6 +124,7 @@ type = "api_key"
 keys = [{ id = "k", hash = "${API_KEY_HASH}", subject = "browser-user" }]
 
 [[grants]]
+authenticators = ["forward", "api_key"]
 subjects = ["browser-user"]
 upstreams = { vendor = ["a", "b", "c", "short", "flaky", "store", "cross"] }
 `;

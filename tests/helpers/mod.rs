@@ -58,10 +58,12 @@ pub fn config(token_url: &str, auth_method: &str) -> String {
         ]
 
         [[grants]]
+        authenticators = ["api_key"]
         subjects = ["alice"]
         upstreams = {{ triumph = ["reports:read", "reports:write"] }}
 
         [[grants]]
+        authenticators = ["api_key"]
         subjects = ["bob"]
         upstreams = {{ triumph = ["reports:read"] }}
         "#,
