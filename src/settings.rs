@@ -70,6 +70,8 @@ pub struct ServerSettings {
     /// Token-route requests per second per identity; 0 turns the limit off.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// `/refresh` requests per minute per caller (a burst of up to 3); 0 turns the limit off.
+    pub refresh_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -461,6 +463,7 @@ mod file {
         pub shutdown_grace: Option<DurationText>,
         pub rate_limit_per_second: Option<u32>,
         pub rate_limit_burst: Option<u32>,
+        pub refresh_per_minute: Option<u32>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -790,6 +793,7 @@ impl file::Settings {
                 ),
                 rate_limit_per_second: s.rate_limit_per_second.unwrap_or(100),
                 rate_limit_burst: s.rate_limit_burst.unwrap_or(1000),
+                refresh_per_minute: s.refresh_per_minute.unwrap_or(6),
             }
         };
 

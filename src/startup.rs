@@ -36,6 +36,8 @@ pub struct AppState {
     pub cors: CorsPolicy,
     pub trusted_proxies: TrustedProxies,
     pub rate_limit: Arc<IdentityRateLimit>,
+    /// Reports of rejected tokens (`/refresh`) per caller: each may cost an upstream fetch.
+    pub refresh_limit: Arc<IdentityRateLimit>,
 }
 
 /// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
@@ -184,9 +186,21 @@ fn build_state(
                 settings.server.rate_limit_burst,
             )),
         },
+        refresh_limit: match previous {
+            Some(p) if p.settings.server.refresh_per_minute == settings.server.refresh_per_minute => {
+                p.refresh_limit.clone()
+            }
+            _ => Arc::new(IdentityRateLimit::per_minute(
+                settings.server.refresh_per_minute,
+                REFRESH_BURST,
+            )),
+        },
         settings: Arc::new(settings),
     }
 }
+
+/// Reports of rejected tokens a caller may make at once before `refresh_per_minute` paces them.
+const REFRESH_BURST: u32 = 3;
 
 /// Where a reload reads the configuration from.
 struct ReloadSource {

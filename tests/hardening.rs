@@ -347,3 +347,93 @@ async fn a_google_address_counts_only_with_its_workspace_domain_or_at_gmail() {
     assert_eq!(status("staff@corp.com", Some("corp.com")).await, 200);
     assert_eq!(status("someone@gmail.com", None).await, 200);
 }
+
+async fn report_rejected(app: &TestApp, key: &str, token: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/refresh", app.token_url("triumph")))
+        .header("X-API-Key", key)
+        .json(&serde_json::json!({ "access_token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn served_token(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Any entitled caller could force an upstream fetch every 5 s per key by reporting the current
+/// token as rejected.
+#[tokio::test]
+async fn reports_of_rejected_tokens_are_paced_by_the_tokens_life_and_per_caller() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    let mut current = served_token(app.get_token(BOB_KEY, "triumph", None).await).await;
+
+    // A tenth of an hour's token must pass first: at 10 s the same token comes back.
+    app.clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        served_token(report_rejected(&app, BOB_KEY, &current).await).await,
+        current
+    );
+    assert_eq!(upstream_calls(&upstream).await, 1);
+
+    // Then each report replaces it, up to the caller's burst of three.
+    for _ in 0..3 {
+        app.clock.advance(Duration::from_secs(361));
+        let replaced = served_token(report_rejected(&app, BOB_KEY, &current).await).await;
+        assert_ne!(replaced, current);
+        current = replaced;
+    }
+    assert_eq!(upstream_calls(&upstream).await, 4);
+    app.clock.advance(Duration::from_secs(361));
+    let limited = report_rejected(&app, BOB_KEY, &current).await;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(status_and_error(limited).await, (429, "rate_limited".into()));
+    assert_eq!(upstream_calls(&upstream).await, 4, "the refused report fetched nothing");
+    // The token stays in service for everyone, and another caller may still report.
+    assert_eq!(
+        served_token(app.get_token(BOB_KEY, "triumph", None).await).await,
+        current
+    );
+    let replaced = served_token(report_rejected(&app, ALICE_KEY, &current).await).await;
+    assert_ne!(replaced, current);
+}
+
+/// With `max_tokens_per_hour`, one low-privilege caller reporting tokens as rejected once spent
+/// the whole quota: nobody else could get a token for the rest of the hour.
+#[tokio::test]
+async fn replacements_can_never_take_the_whole_hourly_quota() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nmax_tokens_per_hour = 4",
+        1,
+    );
+    let app = TestApp::spawn(&toml).await;
+    let mut current = served_token(app.get_token(BOB_KEY, "triumph", None).await).await;
+    app.clock.advance(Duration::from_secs(361));
+    current = served_token(report_rejected(&app, BOB_KEY, &current).await).await;
+    app.clock.advance(Duration::from_secs(361));
+    let refused = report_rejected(&app, BOB_KEY, &current).await;
+    assert_eq!(status_and_error(refused).await, (503, "upstream_unavailable".into()));
+    assert_eq!(
+        upstream_calls(&upstream).await,
+        2,
+        "replacements use at most half the quota"
+    );
+
+    // The rest of the quota still serves callers, and bob keeps the current token.
+    assert_eq!(
+        served_token(app.get_token(BOB_KEY, "triumph", None).await).await,
+        current
+    );
+    let write = app.get_token(ALICE_KEY, "triumph", Some("reports:write")).await;
+    assert_eq!(write.status(), 200);
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    assert_eq!(upstream_calls(&upstream).await, 4);
+}

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::identity::AuthError;
 use crate::policy::Denied;
+use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
 /// How long a browser should wait when the identity provider cannot be reached.
@@ -177,6 +178,15 @@ impl From<AuthError> for ApiError {
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         Self::AccessDenied(denied)
+    }
+}
+
+impl From<ReplaceError> for ApiError {
+    fn from(error: ReplaceError) -> Self {
+        match error {
+            ReplaceError::TooFrequent(retry_after) => Self::RateLimited { retry_after },
+            ReplaceError::Upstream(error) => Self::Upstream(error),
+        }
     }
 }
 

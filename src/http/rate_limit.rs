@@ -18,12 +18,23 @@ pub struct IdentityRateLimit {
 impl IdentityRateLimit {
     /// `per_second` 0 turns the limit off.
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let limiter = NonZeroU32::new(per_second).map(|rate| {
+        Self::with_quota(NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
+            Quota::per_second(rate).allow_burst(burst)
+        }))
+    }
+
+    /// `per_minute` requests a minute with a burst of `burst` (at most `per_minute`); 0 turns the limit off.
+    pub fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self::with_quota(NonZeroU32::new(per_minute).map(|rate| {
+            let burst = NonZeroU32::new(burst.min(rate.get())).unwrap_or(rate);
+            Quota::per_minute(rate).allow_burst(burst)
+        }))
+    }
+
+    fn with_quota(quota: Option<Quota>) -> Self {
         Self {
-            limiter,
+            limiter: quota.map(RateLimiter::keyed),
             checks: Default::default(),
         }
     }

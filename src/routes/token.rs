@@ -11,6 +11,7 @@ use crate::http::observe::RequestId;
 use crate::policy::{parse_scope_param, ScopeList, ScopeSet};
 use crate::routes::common::{authenticate, read_body};
 use crate::startup::Broker;
+use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -112,19 +113,30 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
                 ApiError::InvalidRequest("access_token, the token the API rejected, is required".into())
             })?),
         };
+
     let requested_scopes = requested_scopes(param)?;
     let entitlement = state.policy.entitle(&identity, upstream.name(), requested_scopes)?;
 
     let served = match &rejected {
-        None => broker.tokens.get(upstream, &entitlement.scopes).await,
+        None => broker
+            .tokens
+            .get(upstream, &entitlement.scopes)
+            .await
+            .inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?,
         Some(rejected) => {
+            // A report that replaces the token costs an upstream fetch: each caller may start only a few.
+            let may_replace = || state.refresh_limit.check(&identity.authenticator, &identity.subject);
             broker
                 .tokens
-                .replace_rejected(upstream, &entitlement.scopes, rejected)
+                .replace_rejected(upstream, &entitlement.scopes, rejected, may_replace)
                 .await
+                .inspect_err(|error| {
+                    if let ReplaceError::Upstream(error) = error {
+                        log_exchange_failure(req, upstream.name(), error)
+                    }
+                })?
         }
     };
-    let served = served.inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?;
     let token = served.token.access_token.expose_secret();
     broker.metrics.served(&upstream.label, served.cache_hit);
     RequestId::with(req, |request_id| {

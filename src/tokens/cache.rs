@@ -25,7 +25,7 @@ use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::policy::{join_scopes, ScopeSet};
 use crate::settings::CredentialFingerprint;
-use crate::upstream::{FetchedToken, Upstream, UpstreamError, MAX_LIFETIME};
+use crate::upstream::{FetchedToken, Purpose, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.
 const REFRESH_AT: f64 = 0.80;
@@ -35,8 +35,14 @@ const REFRESH_RETRY_BASE: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
 /// How often a replica waiting for another's fetch looks in the shared tier.
 const SHARED_POLL: Duration = Duration::from_millis(25);
-/// A token reported as rejected is replaced at most once per key in this interval.
+/// A token reported as rejected is replaced at most once per key in max(this, a tenth of its
+/// lifetime): reports cannot make the broker fetch more often than the token's own life warrants.
 pub const REPLACE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How old a token of `lifetime` must be before a report of its rejection replaces it.
+pub fn replace_interval(lifetime: Duration) -> Duration {
+    REPLACE_INTERVAL.max(lifetime / 10)
+}
 
 /// One cache entry per upstream, credentials and set of scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -194,6 +200,16 @@ impl CachedToken {
     }
 }
 
+/// Why a reported token was not replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The reporting caller is over its own limit of replacements; with the time to wait.
+    #[error("this caller reports rejected tokens too often")]
+    TooFrequent(Duration),
+    #[error(transparent)]
+    Upstream(#[from] Arc<UpstreamError>),
+}
+
 /// A token handed out, with the time it has left as seen by the browser.
 #[derive(Debug)]
 pub struct Served {
@@ -291,7 +307,7 @@ impl TokenCache {
                 .entries
                 .try_get_with(key.clone(), async {
                     fetched_here.store(true, Ordering::Relaxed);
-                    self.load(upstream, &key).await
+                    self.load(upstream, &key, Purpose::Serve, None).await
                 })
                 .await?;
             let now = self.clock.now();
@@ -327,27 +343,46 @@ impl TokenCache {
         }
     }
 
-    /// The browser says the API rejected `rejected`. When that is the cached token (and it was not
-    /// itself fetched in the last few seconds) it is replaced once, however many callers report
-    /// it; otherwise the current token is the answer.
+    /// The browser says the API rejected `rejected`. When that is the cached token, and it is at
+    /// least [`replace_interval`] old, one new token is fetched, however many callers report it
+    /// (reports for a key are handled one at a time; later ones find the new token). The fetch
+    /// counts as a replacement against the hourly quota, and only the caller whose report starts
+    /// it is asked `may_replace` (its own limit); when either refuses or the fetch fails, the
+    /// current token stays cached for everyone else and this caller gets the error. Otherwise
+    /// the current token is the answer.
     pub async fn replace_rejected(
         &self,
         upstream: &Arc<Upstream>,
         scopes: &ScopeSet,
         rejected: &str,
-    ) -> Result<Served, Arc<UpstreamError>> {
+        may_replace: impl FnOnce() -> Result<(), Duration>,
+    ) -> Result<Served, ReplaceError> {
         let key = CacheKey::new(upstream, scopes);
         if let Some(current) = self.entries.get(&key).await {
-            let old_enough = self.clock.now().saturating_duration_since(current.fetched_at) >= REPLACE_INTERVAL;
-            if current.is(rejected) && old_enough {
-                tracing::info!(upstream = %upstream.name(), "replacing a token the API rejected");
-                if let Some(shared) = &self.shared {
-                    shared.remove_if(&key, rejected).await;
-                }
-                self.remove_if_same(&key, &current).await;
+            let age = self.clock.now().saturating_duration_since(current.fetched_at);
+            if current.is(rejected) && age >= replace_interval(current.lifetime) {
+                let replaced = self
+                    .entries
+                    .entry(key.clone())
+                    .and_try_compute_with(|entry| async move {
+                        match entry {
+                            Some(entry) if Arc::ptr_eq(entry.value(), &current) => {
+                                may_replace().map_err(ReplaceError::TooFrequent)?;
+                                tracing::info!(upstream = %upstream.name(), "replacing a token the API rejected");
+                                let fresh = self
+                                    .load(upstream, &key, Purpose::Replace, Some(rejected))
+                                    .await
+                                    .map_err(|e| ReplaceError::Upstream(Arc::new(e)))?;
+                                Ok(Op::Put(fresh))
+                            }
+                            _ => Ok(Op::Nop),
+                        }
+                    })
+                    .await;
+                replaced.map_err(|e: ReplaceError| e)?;
             }
         }
-        self.get(upstream, scopes).await
+        Ok(self.get(upstream, scopes).await?)
     }
 
     fn now(&self) -> (Instant, u64) {
@@ -355,8 +390,13 @@ impl TokenCache {
     }
 
     /// Asks the upstream itself.
-    async fn fetch(&self, upstream: &Upstream, key: &CacheKey) -> Result<Arc<CachedToken>, UpstreamError> {
-        let fetched = upstream.fetch(&key.scopes).await?;
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        key: &CacheKey,
+        purpose: Purpose,
+    ) -> Result<Arc<CachedToken>, UpstreamError> {
+        let fetched = upstream.fetch(&key.scopes, purpose).await?;
         let skew = Duration::from_millis(self.refresh_skew_ms.load(Ordering::Relaxed));
         Ok(Arc::new(CachedToken::new(fetched, &key.scopes, self.now(), skew)))
     }
@@ -367,10 +407,14 @@ impl TokenCache {
         self.shared.as_ref().map(|shared| shared.probe())
     }
 
-    async fn adopt(&self, shared: &SharedTier, key: &CacheKey) -> Option<Arc<CachedToken>> {
+    /// A still-servable token another replica stored, unless it is `rejected`.
+    async fn adopt(&self, shared: &SharedTier, key: &CacheKey, rejected: Option<&str>) -> Option<Arc<CachedToken>> {
         let stored = shared.read(key).await?;
         let (now, now_ms) = self.now();
         let token = CachedToken::from_shared(stored, now, now_ms)?;
+        if rejected.is_some_and(|rejected| token.is(rejected)) {
+            return None;
+        }
         self.metrics.shared_cache_hits.inc();
         Some(Arc::new(token))
     }
@@ -380,24 +424,32 @@ impl TokenCache {
         shared.write(key, &token.stored(), ttl).await;
     }
 
-    /// A token for a key missing from memory: from the shared tier, else fetched by one replica
-    /// for all (others wait for its result, boundedly), else fetched here.
-    async fn load(&self, upstream: &Upstream, key: &CacheKey) -> Result<Arc<CachedToken>, UpstreamError> {
+    /// A token for a key missing from memory (or whose token was `rejected`): from the shared
+    /// tier, else fetched by one replica for all, else fetched here. Waiting for another replica
+    /// is bounded by the upstream's `timeout` in all, whoever holds the lock; then this replica
+    /// fetches itself.
+    async fn load(
+        &self,
+        upstream: &Upstream,
+        key: &CacheKey,
+        purpose: Purpose,
+        rejected: Option<&str>,
+    ) -> Result<Arc<CachedToken>, UpstreamError> {
         let Some(shared) = &self.shared else {
-            return self.fetch(upstream, key).await;
+            return self.fetch(upstream, key, purpose).await;
         };
-        if let Some(token) = self.adopt(shared, key).await {
+        if let Some(token) = self.adopt(shared, key, rejected).await {
             return Ok(token);
         }
         let lock_ttl = upstream.settings.timeout + Duration::from_secs(1);
-        // Two rounds: if the replica that held the lock failed, one more replica tries.
-        for _ in 0..2 {
+        let give_up = tokio::time::Instant::now() + upstream.settings.timeout;
+        while tokio::time::Instant::now() < give_up {
             match shared.lock(key, lock_ttl).await {
                 Lock::Acquired(owner) => {
                     // Another replica may have stored a token between our read and our lock.
-                    let result = match self.adopt(shared, key).await {
+                    let result = match self.adopt(shared, key, rejected).await {
                         Some(token) => Ok(token),
-                        None => self.fetch(upstream, key).await,
+                        None => self.fetch(upstream, key, purpose).await,
                     };
                     if let Ok(token) = &result {
                         self.publish(shared, key, token).await;
@@ -406,10 +458,9 @@ impl TokenCache {
                     return result;
                 }
                 Lock::Held => {
-                    let deadline = tokio::time::Instant::now() + lock_ttl;
-                    while tokio::time::Instant::now() < deadline {
+                    while tokio::time::Instant::now() < give_up {
                         tokio::time::sleep(SHARED_POLL).await;
-                        if let Some(token) = self.adopt(shared, key).await {
+                        if let Some(token) = self.adopt(shared, key, rejected).await {
                             return Ok(token);
                         }
                         if shared.is_locked(key).await != Some(true) {
@@ -420,7 +471,7 @@ impl TokenCache {
                 Lock::Unavailable => break,
             }
         }
-        self.fetch(upstream, key).await
+        self.fetch(upstream, key, purpose).await
     }
 
     /// Fetches a successor for `current` without anybody waiting on it. The upstream's guard
@@ -431,7 +482,7 @@ impl TokenCache {
         tokio::spawn(async move {
             let mut lock = None;
             if let Some(shared) = &cache.shared {
-                if let Some(newer) = cache.adopt(shared, &key).await {
+                if let Some(newer) = cache.adopt(shared, &key, None).await {
                     if newer.fetched_at_ms > current.fetched_at_ms {
                         cache.entries.insert(key, newer).await;
                         return;
@@ -449,7 +500,7 @@ impl TokenCache {
                     Lock::Unavailable => {}
                 }
             }
-            match cache.fetch(&upstream, &key).await {
+            match cache.fetch(&upstream, &key, Purpose::Serve).await {
                 Ok(fresh) => {
                     if let Some(shared) = &cache.shared {
                         cache.publish(shared, &key, &fresh).await;

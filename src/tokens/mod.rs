@@ -4,5 +4,5 @@
 mod cache;
 mod shared;
 
-pub use cache::{CacheKey, CachedToken, Served, TokenCache};
+pub use cache::{CacheKey, CachedToken, ReplaceError, Served, TokenCache};
 pub use shared::{redis_client, SharedTier};

@@ -7,4 +7,4 @@ mod resilient;
 
 pub use client::{FetchedToken, TokenClient, MAX_LIFETIME};
 pub use error::{OAuthErrorCode, UpstreamError};
-pub use resilient::Upstream;
+pub use resilient::{Purpose, Upstream};

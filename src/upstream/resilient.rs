@@ -67,6 +67,21 @@ struct Guard {
     fetches: VecDeque<Instant>,
 }
 
+/// What a fetch is for. The hourly quota keeps a share that replacements of rejected tokens
+/// (which any entitled caller can ask for) can never take, so one caller cannot spend it for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A token for callers: a miss, or a refresh ahead of expiry.
+    Serve,
+    /// A replacement for a token a caller reported as rejected.
+    Replace,
+}
+
+/// The part of `max_tokens_per_hour` that replacements may use: at most half, rounded down.
+fn replacement_share(limit: u32) -> usize {
+    (limit / 2) as usize
+}
+
 /// What the guard allows before an exchange.
 enum Admission {
     Go { probe: bool },
@@ -93,8 +108,8 @@ impl Upstream {
     }
 
     /// A new token for `scopes`, unless the guard says the upstream must not be asked now.
-    pub async fn fetch(&self, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
-        let probe = match self.admit(scopes) {
+    pub async fn fetch(&self, scopes: &ScopeSet, purpose: Purpose) -> Result<FetchedToken, UpstreamError> {
+        let probe = match self.admit(scopes, purpose) {
             Admission::Go { probe } => probe,
             Admission::Refuse(error) => return Err(error),
         };
@@ -116,7 +131,7 @@ impl Upstream {
             .is_some_and(|since| now.saturating_duration_since(since) < self.settings.timeout + Duration::from_secs(1))
     }
 
-    fn admit(&self, scopes: &ScopeSet) -> Admission {
+    fn admit(&self, scopes: &ScopeSet, purpose: Purpose) -> Admission {
         let now = self.clock.now();
         let mut guard = self.guard.lock();
         if let Some((until, error)) = guard.refusals.get(scopes) {
@@ -146,14 +161,22 @@ impl Upstream {
             {
                 guard.fetches.pop_front();
             }
-            if guard.fetches.len() >= limit as usize {
-                let oldest = guard.fetches.front().copied().unwrap_or(now);
+            let allowed = match purpose {
+                Purpose::Serve => limit as usize,
+                Purpose::Replace => replacement_share(limit),
+            };
+            if guard.fetches.len() >= allowed {
+                // A slot opens when enough of the oldest fetches leave the hour.
+                let freeing = guard
+                    .fetches
+                    .len()
+                    .checked_sub(allowed.max(1))
+                    .and_then(|i| guard.fetches.get(i));
+                let retry_after = freeing.map_or(HOUR, |at| HOUR.saturating_sub(now.saturating_duration_since(*at)));
                 if probe {
                     guard.probing_since = None;
                 }
-                return Admission::Refuse(UpstreamError::QuotaExhausted {
-                    retry_after: HOUR.saturating_sub(now.saturating_duration_since(oldest)),
-                });
+                return Admission::Refuse(UpstreamError::QuotaExhausted { retry_after });
             }
             guard.fetches.push_back(now);
         }
