@@ -72,6 +72,8 @@ pub struct ServerSettings {
     pub rate_limit_burst: u32,
     /// `/refresh` requests per minute per caller (a burst of up to 3); 0 turns the limit off.
     pub refresh_per_minute: u32,
+    /// When set, every admin route but `/healthz` and `/readyz` wants `Authorization: Bearer` it.
+    pub admin_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +466,7 @@ mod file {
         pub rate_limit_per_second: Option<u32>,
         pub rate_limit_burst: Option<u32>,
         pub refresh_per_minute: Option<u32>,
+        pub admin_token: Option<Secret>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -765,14 +768,7 @@ impl file::Settings {
                     Err(message) => check.problem(format!("server.cors_allowed_origins[{i}]"), message),
                 }
             }
-            let csrf_text = s.csrf_header.as_deref().unwrap_or("x-requested-with");
-            let csrf_header = HeaderName::try_from(csrf_text).unwrap_or_else(|_| {
-                check.problem(
-                    "server.csrf_header",
-                    format!("`{csrf_text}` is not a valid header name"),
-                );
-                HeaderName::from_static("x-requested-with")
-            });
+            let csrf_header = validate_csrf_header(&mut check, s.csrf_header.as_deref());
             let max_body_bytes = s.max_body_bytes.unwrap_or(16 * 1024);
             if max_body_bytes == 0 {
                 check.problem("server.max_body_bytes", "must be greater than 0");
@@ -794,6 +790,16 @@ impl file::Settings {
                 rate_limit_per_second: s.rate_limit_per_second.unwrap_or(100),
                 rate_limit_burst: s.rate_limit_burst.unwrap_or(1000),
                 refresh_per_minute: s.refresh_per_minute.unwrap_or(6),
+                admin_token: s.admin_token.as_ref().map(|secret| {
+                    let token = check.secret("server.admin_token", secret, env);
+                    if !token.expose_secret().is_empty() && token.expose_secret().len() < 16 {
+                        check.problem(
+                            "server.admin_token",
+                            "must be at least 16 characters (openssl rand -base64 32)",
+                        );
+                    }
+                    token
+                }),
             }
         };
 
@@ -1215,13 +1221,8 @@ fn validate_forward(check: &mut Check, i: usize, raw: &file::Forward) -> Option<
             );
         }
     }
-    let url = match Url::parse(&raw.url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-        _ => {
-            check.problem(key("url"), "must be an http:// or https:// URL");
-            None
-        }
-    };
+    // The session endpoint sees the caller's session cookie: never in clear past this host.
+    let url = check.secure_url(&key("url"), &raw.url);
     let settings = ForwardSettings {
         url: url?,
         forward_cookies: raw.forward_cookies.clone(),
@@ -1398,6 +1399,59 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_digits, &mut out).ok()?;
     Some(out)
+}
+
+/// Headers a page can send cross-site without a CORS preflight (Fetch standard, CORS-safelisted
+/// request headers), or that a page cannot set at all (forbidden request headers): neither proves
+/// that the request came from a page the broker's CORS policy allowed.
+const UNFIT_CSRF_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-language",
+    "content-type",
+    "range",
+    "accept-charset",
+    "accept-encoding",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "connection",
+    "content-length",
+    "cookie",
+    "cookie2",
+    "date",
+    "dnt",
+    "expect",
+    "host",
+    "keep-alive",
+    "origin",
+    "referer",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+];
+
+/// The header a cookie-authenticated request must carry. It works because a page can send a
+/// custom header to another origin only after a preflight the CORS policy answers.
+fn validate_csrf_header(check: &mut Check, value: Option<&str>) -> HeaderName {
+    let text = value.unwrap_or("x-requested-with");
+    let Ok(name) = HeaderName::try_from(text) else {
+        check.problem("server.csrf_header", format!("`{text}` is not a valid header name"));
+        return HeaderName::from_static("x-requested-with");
+    };
+    let lower = name.as_str();
+    if UNFIT_CSRF_HEADERS.contains(&lower) || lower.starts_with("proxy-") || lower.starts_with("sec-") {
+        check.problem(
+            "server.csrf_header",
+            format!(
+                "`{text}` proves nothing: browsers send it cross-site without a CORS preflight, or pages cannot \
+                 set it; use a custom header such as x-requested-with"
+            ),
+        );
+    }
+    name
 }
 
 /// An origin as browsers send it: scheme, host and port only (RFC 6454); `*` and `null` refused.

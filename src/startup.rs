@@ -238,9 +238,11 @@ impl Application {
         let broker = web::Data::new(Broker::new(settings, clock)?);
         let public_broker = broker.clone();
         let server = HttpServer::new(move || {
+            // The last `wrap` runs first: observe (request id, config snapshot), then CORS, so that
+            // every answer within, the header limit's 431 included, carries the CORS headers.
             App::new()
-                .wrap(from_fn(cors::cors))
                 .wrap(from_fn(limits::header_size))
+                .wrap(from_fn(cors::cors))
                 .wrap(from_fn(observe::observe))
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)

@@ -218,3 +218,120 @@ async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_s
         .unwrap();
     assert_eq!(admin.status(), 404);
 }
+
+/// Caddy on 127.0.0.2:`port` with the shipped Caddyfile, its site address and upstream replaced
+/// for the test (plain HTTP, no admin endpoint).
+fn start_caddy(dir: &Path, broker: &str, port: u16) -> Nginx {
+    let caddy = tool("caddy", &["/usr/bin/caddy"]);
+    let shipped = std::fs::read_to_string(format!("{ROOT}/deploy/caddy/Caddyfile")).unwrap();
+    let site = shipped
+        .replace("broker.example.com {", &format!("http://127.0.0.2:{port} {{"))
+        .replace("127.0.0.1:8080", broker);
+    let path = write(
+        dir,
+        "Caddyfile",
+        &format!("{{\n\tadmin off\n\tauto_https off\n}}\n{site}"),
+    );
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .env("HOME", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let caddy = Nginx(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(Instant::now() < deadline, "caddy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    caddy
+}
+
+/// The broker believes `X-Request-Id` from a trusted proxy, so the proxy must set its own: a
+/// client that chose the id could forge or collide log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_shipped_caddyfile_the_client_chooses_neither_its_address_nor_the_request_id() {
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("workers = 2", "workers = 2\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    let broker = BrokerProcess::start(
+        &write(dir.path(), "broker.toml", &toml),
+        &[("TRIUMPH_SECRET", CLIENT_SECRET)],
+    );
+    let port = free_port("127.0.0.2");
+    let _caddy = start_caddy(dir.path(), broker.base.trim_start_matches("http://"), port);
+    let http = reqwest::Client::builder()
+        .local_address("127.0.0.3".parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let response = http
+        .get(format!("http://127.0.0.2:{port}/v1/token/triumph"))
+        .header("X-API-Key", ALICE_KEY)
+        .header("X-Forwarded-For", "198.51.100.9")
+        .header("X-Request-Id", "chosen-by-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(request_id, "chosen-by-client");
+    assert_eq!(logged_client(&broker, &request_id), "127.0.0.3");
+}
+
+/// The Kubernetes example's configuration passes `check` with its secrets in place, keeps the admin
+/// listener behind a token and a NetworkPolicy, and gives Redis a password.
+#[test]
+fn the_kubernetes_example_is_valid_and_guards_the_admin_port_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = |file: &str| std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/{file}")).unwrap();
+    let configmap = k8s("configmap.yaml");
+    let toml: String = configmap
+        .split_once("config.toml: |\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    for (name, value) in [
+        ("triumph", "client-secret"),
+        ("cache-key", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        ("admin-token", "admin-token-0123456789abcdef"),
+        ("redis-url", "redis://:pw@token-broker-redis:6379/0"),
+    ] {
+        std::fs::write(secrets.join(name), value).unwrap();
+    }
+    let path = write(
+        dir.path(),
+        "config.toml",
+        &toml.replace("/run/secrets/token-broker", secrets.to_str().unwrap()),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        toml.contains("admin_token = { file ="),
+        "the admin listener is on the pod network: it needs a token"
+    );
+    assert!(
+        toml.contains("hosted_domain ="),
+        "Google sign-in limited to the Workspace domain"
+    );
+
+    let policies = k8s("networkpolicy.yaml");
+    assert!(policies.contains("ports: [{ port: admin }]") && policies.contains("namespaceSelector"));
+    assert!(policies.contains("name: token-broker-redis") && policies.contains("port: redis"));
+    assert!(k8s("kustomization.yaml").contains("networkpolicy.yaml"));
+    assert!(k8s("redis.yaml").contains("\"--requirepass\", \"$(REDIS_PASSWORD)\""));
+}

@@ -437,3 +437,214 @@ async fn replacements_can_never_take_the_whole_hourly_quota() {
     assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
     assert_eq!(upstream_calls(&upstream).await, 4);
 }
+
+/// A fetch lock in Redis held by someone else (a crashed replica, a stranger sharing the prefix)
+/// once kept a cold request waiting about 12 s; now the wait is bounded by the upstream's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_someone_else_delays_a_cold_request_by_at_most_the_timeout() {
+    use helpers::process::{write, BrokerProcess};
+    let redis = helpers::redis_server::RedisServer::start();
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "broker.toml",
+        &redis_config(&format!("{}/token", upstream.uri()), &redis, "https://api.example"),
+    );
+    let http = reqwest::Client::new();
+    let mut first = BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)]);
+    assert_eq!(access_token(&http, &first.base).await, "token-1");
+    first.stop();
+
+    // Someone else now holds this key's fetch lock for a minute, and the stored token is gone.
+    let entry = redis
+        .dump()
+        .await
+        .into_iter()
+        .map(|(key, _)| key)
+        .find(|key| key.contains(":token:"))
+        .expect("the token is stored");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let lock = entry.replace(":token:", ":lock:");
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&entry)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let mut second = BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)]);
+    let started = std::time::Instant::now();
+    assert_eq!(access_token(&http, &second.base).await, "token-2");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2_900),
+        "waited {waited:?}: at most the upstream's 2 s timeout, then the replica fetches itself"
+    );
+    second.stop();
+}
+
+fn problems_of(toml: &str) -> Vec<String> {
+    match token_broker::settings::Settings::from_toml(toml, &env()) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.0.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// The CSRF header works only because a page needs a CORS preflight to send it cross-site: a
+/// header browsers send without one, or one pages cannot set, protects nothing.
+#[test]
+fn a_csrf_header_that_proves_nothing_is_refused() {
+    let base = config("https://auth.example.com/token", "client_secret_post");
+    for header in [
+        "content-type",
+        "Accept",
+        "accept-language",
+        "content-language",
+        "range",
+        "cookie",
+        "origin",
+        "sec-fetch-site",
+    ] {
+        let problems = problems_of(&base.replace("workers = 2", &format!("workers = 2\ncsrf_header = \"{header}\"")));
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("server.csrf_header: "),
+            "{header}: {problems:?}"
+        );
+    }
+    for header in ["x-requested-with", "x-csrf-token"] {
+        assert!(
+            problems_of(&base.replace("workers = 2", &format!("workers = 2\ncsrf_header = \"{header}\""))).is_empty()
+        );
+    }
+}
+
+/// The session endpoint receives the caller's session cookie: never over plain HTTP off this host.
+#[test]
+fn a_session_endpoint_must_be_https_unless_on_loopback() {
+    let base = config("https://auth.example.com/token", "client_secret_post");
+    let with = |url: &str| {
+        problems_of(&format!(
+            "{base}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{url}\"\nforward_cookies = [\"sid\"]\n"
+        ))
+    };
+    let problems = with("http://app.internal/session");
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("authenticators[1].url: must be an https:// URL"),
+        "{problems:?}"
+    );
+    assert!(with("https://app.internal/session").is_empty());
+    assert!(with("http://127.0.0.1:3000/session").is_empty());
+}
+
+/// A discovery document may not send the broker for keys over plain HTTP (off loopback): whoever
+/// sits on that path could hand it keys that make any forged id_token verify.
+#[tokio::test]
+async fn keys_named_by_discovery_over_plain_http_are_not_fetched() {
+    use helpers::idp::{jwt_authenticator, Idp};
+    let idp = Idp::start(&["rsa-a"], None).await;
+    // An IPv4-mapped IPv6 address reaches the same server, but is not a loopback address by name.
+    let port = idp.server.address().port();
+    idp.server.reset().await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "issuer": idp.issuer,
+            "jwks_uri": format!("http://[::ffff:127.0.0.1]:{port}/jwks"),
+        })))
+        .mount(&idp.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path("/jwks"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "keys": [helpers::idp::jwk("rsa-a")] })),
+        )
+        .expect(0)
+        .mount(&idp.server)
+        .await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = format!(
+        "{}{}\n[[grants]]\nauthenticators = [\"jwt\"]\nsubjects = [\"user-1\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post"),
+        jwt_authenticator(&idp.issuer),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let response = app
+        .http
+        .get(app.token_url("triumph"))
+        .bearer_auth(idp.token("rsa-a", "user-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_error(response).await, (503, "auth_unavailable".into()));
+    idp.server.verify().await;
+}
+
+/// A 431 from the header limit once left out the CORS headers, so a page could not read why.
+#[tokio::test]
+async fn a_431_carries_the_cors_headers_like_every_other_error() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post").replace(
+        "workers = 2",
+        "workers = 2\nmax_header_bytes = 2048\ncors_allowed_origins = [\"https://app.example.com\"]",
+    );
+    let app = TestApp::spawn(&toml).await;
+    let response = app
+        .http
+        .get(app.token_url("triumph"))
+        .header("Origin", "https://app.example.com")
+        .header("X-API-Key", ALICE_KEY)
+        .header("X-Padding", "p".repeat(4096))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(response.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(status_and_error(response).await, (431, "invalid_request".into()));
+}
+
+/// With `server.admin_token`, metrics (and every admin route to come) want it; probes do not.
+#[tokio::test]
+async fn the_admin_token_guards_metrics_but_not_the_probes() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("workers = 2", "workers = 2\nadmin_token = \"admin-token-0123456789\"");
+    let app = TestApp::spawn(&toml).await;
+    let metrics = format!("{}/metrics", app.admin);
+    let without = app.http.get(&metrics).send().await.unwrap();
+    assert!(without.headers().contains_key("www-authenticate"));
+    assert_eq!(status_and_error(without).await, (401, "unauthenticated".into()));
+    let wrong = app
+        .http
+        .get(&metrics)
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = app
+        .http
+        .get(&metrics)
+        .bearer_auth("admin-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await.unwrap().contains("token_broker_"));
+    for probe in ["healthz", "readyz"] {
+        let response = app.http.get(format!("{}/{probe}", app.admin)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+}

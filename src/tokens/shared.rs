@@ -28,13 +28,26 @@ use crate::settings::{redact_url_password, RedisSettings};
 const NONCE_LEN: usize = 12;
 
 /// A token as replicas share it. Times are wall-clock milliseconds since the Unix epoch.
-#[derive(Debug, Serialize, Deserialize)]
+/// Its `Debug` leaves the token out.
+#[derive(Serialize, Deserialize)]
 pub struct StoredToken {
     pub access_token: String,
     pub scope: String,
     pub lifetime_ms: u64,
     pub fetched_at_ms: u64,
     pub serve_until_ms: u64,
+}
+
+impl std::fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("access_token", &"[redacted]")
+            .field("scope", &self.scope)
+            .field("lifetime_ms", &self.lifetime_ms)
+            .field("fetched_at_ms", &self.fetched_at_ms)
+            .field("serve_until_ms", &self.serve_until_ms)
+            .finish()
+    }
 }
 
 pub enum Lock {
@@ -266,5 +279,27 @@ impl SharedTier {
         if !matches!(tokio::time::timeout(self.timeout, released).await, Ok(Ok(_))) {
             self.metrics.shared_cache_errors.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_token_never_shows_its_token_in_debug_output() {
+        let stored = StoredToken {
+            access_token: "canary-access-token".into(),
+            scope: "reports:read".into(),
+            lifetime_ms: 1,
+            fetched_at_ms: 2,
+            serve_until_ms: 3,
+        };
+        let debug = format!("{stored:?}");
+        assert!(!debug.contains("canary-access-token"), "{debug}");
+        assert!(
+            debug.contains("reports:read") && debug.contains("[redacted]"),
+            "{debug}"
+        );
     }
 }
