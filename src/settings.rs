@@ -74,6 +74,8 @@ pub struct ServerSettings {
     pub refresh_per_minute: u32,
     /// When set, every admin route but `/healthz` and `/readyz` wants `Authorization: Bearer` it.
     pub admin_token: Option<SecretString>,
+    /// Failed authentications per minute per client address (and as a burst); 0 turns it off.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +469,7 @@ mod file {
         pub rate_limit_burst: Option<u32>,
         pub refresh_per_minute: Option<u32>,
         pub admin_token: Option<Secret>,
+        pub auth_failures_per_minute: Option<u32>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -790,6 +793,7 @@ impl file::Settings {
                 rate_limit_per_second: s.rate_limit_per_second.unwrap_or(100),
                 rate_limit_burst: s.rate_limit_burst.unwrap_or(1000),
                 refresh_per_minute: s.refresh_per_minute.unwrap_or(6),
+                auth_failures_per_minute: s.auth_failures_per_minute.unwrap_or(30),
                 admin_token: s.admin_token.as_ref().map(|secret| {
                     let token = check.secret("server.admin_token", secret, env);
                     if !token.expose_secret().is_empty() && token.expose_secret().len() < 16 {

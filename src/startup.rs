@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::http::auth_failures::AuthFailureLimit;
 use crate::http::cors::{self, CorsPolicy};
 use crate::http::forwarded::TrustedProxies;
 use crate::http::rate_limit::IdentityRateLimit;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub rate_limit: Arc<IdentityRateLimit>,
     /// Reports of rejected tokens (`/refresh`) per caller: each may cost an upstream fetch.
     pub refresh_limit: Arc<IdentityRateLimit>,
+    /// Failed authentications per client address, checked before any authentication work.
+    pub auth_failures: Arc<AuthFailureLimit>,
 }
 
 /// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
@@ -194,6 +197,12 @@ fn build_state(
                 settings.server.refresh_per_minute,
                 REFRESH_BURST,
             )),
+        },
+        auth_failures: match previous {
+            Some(p) if p.settings.server.auth_failures_per_minute == settings.server.auth_failures_per_minute => {
+                p.auth_failures.clone()
+            }
+            _ => Arc::new(AuthFailureLimit::new(settings.server.auth_failures_per_minute)),
         },
         settings: Arc::new(settings),
     }

@@ -648,3 +648,141 @@ async fn the_admin_token_guards_metrics_but_not_the_probes() {
         assert_eq!(response.status(), 200, "{probe}");
     }
 }
+
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Guessing keys, forging tokens or trying cookies cost the broker (and the session endpoint) work
+/// per attempt, without limit. Failures now spend a per-address budget; past it, nothing is tried.
+#[tokio::test]
+async fn failed_authentications_are_limited_per_address_before_any_work() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let session = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&session)
+        .await;
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post")
+            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
+        session.uri(),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let attacker = client_from("127.0.0.3");
+    let with_cookie = |n: usize| {
+        attacker
+            .get(app.token_url("triumph"))
+            .header("Cookie", format!("sid=guess-{n}"))
+            .header("X-Requested-With", "x")
+            .send()
+    };
+    for n in 0..5 {
+        assert_eq!(
+            status_and_error(with_cookie(n).await.unwrap()).await,
+            (401, "unauthenticated".into())
+        );
+    }
+    assert_eq!(upstream_calls(&session).await, 5);
+    for n in 5..15 {
+        let response = with_cookie(n).await.unwrap();
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(status_and_error(response).await, (429, "rate_limited".into()));
+    }
+    assert_eq!(upstream_calls(&session).await, 5, "no session call past the limit");
+    let bad_key = attacker
+        .get(app.token_url("triumph"))
+        .header("X-API-Key", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), 429);
+
+    // Another address is unaffected: its good key works and its bad key is a plain 401.
+    let neighbour = client_from("127.0.0.4");
+    let good = neighbour
+        .get(app.token_url("triumph"))
+        .header("X-API-Key", ALICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200);
+    let bad = neighbour
+        .get(app.token_url("triumph"))
+        .header("X-API-Key", "typo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+}
+
+/// Behind a trusted reverse proxy, the budget is the real client's, not the proxy's: one user's
+/// typos do not lock out everyone who shares the proxy's address.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post").replace(
+        "workers = 2",
+        "workers = 2\nauth_failures_per_minute = 3\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let app = TestApp::spawn(&toml).await;
+    let via_proxy = |client: &'static str, key: &'static str| {
+        app.http
+            .get(app.token_url("triumph"))
+            .header("X-Forwarded-For", client)
+            .header("X-API-Key", key)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(via_proxy("198.51.100.1", "typo").await.unwrap().status(), 401);
+    }
+    assert_eq!(via_proxy("198.51.100.1", "typo").await.unwrap().status(), 429);
+    assert_eq!(via_proxy("198.51.100.2", ALICE_KEY).await.unwrap().status(), 200);
+    assert_eq!(via_proxy("198.51.100.2", "typo").await.unwrap().status(), 401);
+}
+
+/// Six concurrent forged tokens once waited 1, 2 … 6 × the JWKS timeout, each doing its own fetch
+/// in turn; a failed fetch is now remembered and shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_key_fetch_is_shared_by_the_callers_waiting_for_it() {
+    use helpers::idp::{sign_as, AUDIENCE};
+    use jsonwebtoken::Algorithm;
+    let jwks = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&jwks)
+        .await;
+    let issuer = "https://login.example.com";
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"jwt\"\nissuer = \"{issuer}\"\njwks_url = \"{}/jwks\"\naudiences = [\"{AUDIENCE}\"]\ntimeout = \"1s\"\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post"),
+        jwks.uri(),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let forged = |n: u64| {
+        let claims = serde_json::json!({ "iss": issuer, "aud": AUDIENCE, "sub": format!("u{n}"), "exp": helpers::idp::now() + 600 });
+        sign_as("rsa-a", Algorithm::RS256, Some("rsa-a"), &claims)
+    };
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all(
+        (0..6).map(|n| app.http.get(app.token_url("triumph")).bearer_auth(forged(n)).send()),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    for answer in answers {
+        assert_eq!(
+            status_and_error(answer.unwrap()).await,
+            (503, "auth_unavailable".into())
+        );
+    }
+    assert!(
+        elapsed < Duration::from_millis(2_500),
+        "took {elapsed:?}: one timeout, not six"
+    );
+    assert_eq!(upstream_calls(&jwks).await, 1);
+}

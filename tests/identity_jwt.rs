@@ -218,7 +218,14 @@ async fn a_rotated_key_is_accepted_after_one_refetch() {
 async fn unknown_kids_refetch_the_keys_at_most_once_per_30_seconds() {
     let idp = Idp::start(&["rsa-a"], None).await;
     let upstream = upstream().await;
-    let app = app_for(&upstream, &jwt_authenticator(&idp.issuer)).await;
+    // 200 forgeries from one address: the per-address failure limit is off to see the key source's own.
+    let toml = format!(
+        "{}{}{USER_GRANT}",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post")
+            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 0"),
+        jwt_authenticator(&idp.issuer)
+    );
+    let app = TestApp::spawn(&toml).await;
     let claims = idp.claims("user-1");
     let tokens: Vec<String> = (0..200)
         .map(|i| sign_as("rsa-a", Algorithm::RS256, Some(&format!("random-kid-{i}")), &claims))

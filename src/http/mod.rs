@@ -1,6 +1,7 @@
 //! HTTP concerns shared by the routes: errors as responses, CORS, trusted proxies, request ids
 //! and access logs, the per-identity rate limit, and the headers every token answer carries.
 
+pub mod auth_failures;
 pub mod cors;
 pub mod errors;
 pub mod forwarded;

@@ -18,6 +18,17 @@ use crate::startup::Broker;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The client's address as `trusted_proxies` resolves it, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl ClientAddress {
+    pub fn of(req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+        use actix_web::HttpMessage;
+        req.extensions().get::<ClientAddress>().and_then(|a| a.0)
+    }
+}
+
 /// The id of the request being served, in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -74,8 +85,12 @@ pub async fn observe(
     let method = req.method().clone();
     // Only the access line (debug level) needs the path: copy it only when that line is on.
     let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
-    actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(request_id.clone()));
-    actix_web::HttpMessage::extensions_mut(&req).insert(state);
+    {
+        let mut extensions = actix_web::HttpMessage::extensions_mut(&req);
+        extensions.insert(RequestId(request_id.clone()));
+        extensions.insert(ClientAddress(client.ip));
+        extensions.insert(state);
+    }
 
     let started = Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;

@@ -21,6 +21,9 @@ pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const MAX_BODY_BYTES: usize = 256 * 1024;
+/// A failed fetch is remembered this long: callers meanwhile are answered at once (503 when no
+/// keys were ever fetched) instead of each waiting on a fetch of their own in turn.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 pub struct VerificationKey {
     pub kid: Option<String>,
@@ -60,6 +63,8 @@ struct KeySet {
 struct Refresh {
     jwks_uri: Option<Url>,
     last_unknown_kid_fetch: Option<Instant>,
+    /// When the last fetch failed, while no fetch has succeeded since.
+    failed_at: Option<Instant>,
     generation: u64,
 }
 
@@ -132,6 +137,12 @@ impl KeySource {
             return;
         }
         let now = self.clock.now();
+        if refresh
+            .failed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < FAILURE_MEMORY)
+        {
+            return;
+        }
         if unknown_kid {
             if refresh
                 .last_unknown_kid_fetch
@@ -143,6 +154,7 @@ impl KeySource {
         }
         match self.fetch(&mut refresh).await {
             Ok((keys, max_age)) => {
+                refresh.failed_at = None;
                 refresh.generation += 1;
                 tracing::debug!(issuer = %self.issuer, keys = keys.len(), "fetched the issuer's keys");
                 *self.current.write() = Some(Arc::new(KeySet {
@@ -153,6 +165,7 @@ impl KeySource {
                 }));
             }
             Err(why) => {
+                refresh.failed_at = Some(self.clock.now());
                 tracing::warn!(issuer = %self.issuer, error = why, "could not fetch the issuer's keys; keeping the last good ones");
                 // Try again soon, not on every request: the old keys stay in service meanwhile.
                 if let Some(old) = self.snapshot() {

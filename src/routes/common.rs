@@ -5,12 +5,23 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use crate::http::errors::ApiError;
-use crate::identity::Identity;
+use crate::http::observe::ClientAddress;
+use crate::identity::{AuthError, Identity};
 use crate::startup::AppState;
 
-/// Authenticates the caller, then applies the checks every caller-facing route needs.
+/// Authenticates the caller, then applies the checks every caller-facing route needs. An address
+/// that failed too often is refused first, before any authentication work.
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
-    let identity = state.identity.authenticate(req.headers()).await?;
+    let client = ClientAddress::of(req);
+    state
+        .auth_failures
+        .check(client)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let identity = state.identity.authenticate(req.headers()).await.inspect_err(|error| {
+        if *error == AuthError::Invalid {
+            state.auth_failures.failed(client);
+        }
+    })?;
     // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
     if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
         return Err(ApiError::CsrfHeaderMissing);
