@@ -73,6 +73,10 @@ export function createAccessTokenProvider(options) {
   let reuseUntil = 0;
   /** @type {Promise<string> | null} */
   let inflight = null;
+  /** @type {Promise<string> | null} */
+  let reporting = null;
+  // Bumped by invalidate(): an answer to a request sent before it is never stored.
+  let generation = 0;
 
   const now = () => (globalThis.performance ? performance.now() : Date.now());
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -93,8 +97,16 @@ export function createAccessTokenProvider(options) {
     return Math.min(Number.isFinite(seconds) ? seconds : 1, maxRetryDelaySeconds) * 1000;
   }
 
+  /** The broker route `suffix` ("" or "/refresh") of `url`, with the query `url` carries and `extra`. */
+  function routeUrl(suffix, extra) {
+    const [path, query = ""] = url.split("?", 2);
+    const params = [query, extra].filter((part) => part !== "").join("&");
+    return `${path}${suffix}${params ? `?${params}` : ""}`;
+  }
+
   /** @param {() => Promise<Response>} send */
   async function exchange(send) {
+    const sentIn = generation;
     for (let attempt = 0; ; attempt += 1) {
       const response = await send();
       if ((response.status === 503 || response.status === 429) && attempt < maxRetries) {
@@ -118,37 +130,44 @@ export function createAccessTokenProvider(options) {
         throw new TokenBrokerError("token-broker answered without an access_token", response.status, "invalid_response");
       }
       const life = Math.max(0, Number(body.expires_in) || 0);
-      token = body.access_token;
-      reuseUntil = now() + Math.max(0, life - Math.min(MARGIN_SECONDS, life * MARGIN_SHARE)) * 1000;
-      return token;
+      if (sentIn === generation) {
+        token = body.access_token;
+        reuseUntil = now() + Math.max(0, life - Math.min(MARGIN_SECONDS, life * MARGIN_SHARE)) * 1000;
+      }
+      return body.access_token;
     }
   }
 
   function fetchToken() {
-    const target = scope ? `${url}${url.includes("?") ? "&" : "?"}scope=${encodeURIComponent(scope)}` : url;
+    const target = routeUrl("", scope ? `scope=${encodeURIComponent(scope)}` : "");
     return exchange(async () =>
       fetchImpl(target, { method: "GET", credentials, cache: "no-store", headers: await requestHeaders(false) }),
     );
   }
 
-  function shared(start) {
+  function shared() {
     if (!inflight) {
-      inflight = start().finally(() => {
-        inflight = null;
+      const started = fetchToken().finally(() => {
+        if (inflight === started) inflight = null;
       });
+      inflight = started;
     }
     return inflight;
   }
 
   async function accessTokenProvider() {
     if (token !== null && now() < reuseUntil) return `Bearer ${token}`;
-    return `Bearer ${await shared(fetchToken)}`;
+    // While a rejected token is being replaced, its replacement is the answer.
+    if (reporting) return `Bearer ${await reporting}`;
+    return `Bearer ${await shared()}`;
   }
 
-  /** Forgets the token; the next call fetches one. */
+  /** Forgets the token; the next call fetches one, and a request already under way stores nothing. */
   accessTokenProvider.invalidate = () => {
+    generation += 1;
     token = null;
     reuseUntil = 0;
+    inflight = null;
   };
 
   /**
@@ -156,22 +175,26 @@ export function createAccessTokenProvider(options) {
    * @returns {Promise<string>}
    */
   accessTokenProvider.reportRejected = async () => {
-    const rejected = token;
-    accessTokenProvider.invalidate();
-    if (rejected === null) return accessTokenProvider();
-    const body = JSON.stringify(scope ? { access_token: rejected, scope } : { access_token: rejected });
-    const fresh = await shared(() =>
-      exchange(async () =>
-        fetchImpl(`${url}/refresh`, {
+    if (!reporting) {
+      const rejected = token;
+      accessTokenProvider.invalidate();
+      if (rejected === null) return accessTokenProvider();
+      // Its own request, never a GET already under way: that may bring back the very token the API refused.
+      const body = JSON.stringify(scope ? { access_token: rejected, scope } : { access_token: rejected });
+      const started = exchange(async () =>
+        fetchImpl(routeUrl("/refresh", ""), {
           method: "POST",
           credentials,
           cache: "no-store",
           headers: await requestHeaders(true),
           body,
         }),
-      ),
-    );
-    return `Bearer ${fresh}`;
+      ).finally(() => {
+        if (reporting === started) reporting = null;
+      });
+      reporting = started;
+    }
+    return `Bearer ${await reporting}`;
   };
 
   return accessTokenProvider;

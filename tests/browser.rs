@@ -30,7 +30,7 @@ fn the_browser_client_works_in_chromium() {
     println!("{report}");
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
-        report.contains("pass 6"),
-        "all six browser tests ran and passed:\n{report}"
+        report.contains("pass 9"),
+        "all nine browser tests ran and passed:\n{report}"
     );
 }

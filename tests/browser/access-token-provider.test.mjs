@@ -317,3 +317,91 @@ test("a page from an origin that is not allowed cannot read a token", async () =
   assert.equal(outcome.rejected, "TypeError");
   await tab.close();
 });
+
+// The races below are driven by a fetch the test controls, in the same real page: each request
+// waits until the test answers it, so the order of events is exact.
+const controlledFetch = `
+  window.requests = [];
+  window.answer = (i, body) => window.requests[i].resolve(new Response(JSON.stringify(body), {
+    status: 200, headers: { "Content-Type": "application/json" } }));
+  window.controlledFetch = (url, init) => new Promise((resolve) => {
+    window.requests.push({ url: String(url), method: init.method, body: init.body, resolve });
+  });
+  window.settle = () => new Promise((r) => setTimeout(r, 0));
+`;
+
+test("invalidate() during a request keeps that request's answer out of the cache", async () => {
+  const tab = await openPage(pageA.origin);
+  await tab.evaluate(controlledFetch);
+  const outcome = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, fetch: window.controlledFetch });
+    const first = provider();
+    await window.settle();
+    provider.invalidate();
+    window.answer(0, { access_token: "before-invalidate", expires_in: 3600 });
+    await first;
+    const second = provider();
+    await window.settle();
+    const sent = window.requests.length;
+    window.answer(1, { access_token: "after-invalidate", expires_in: 3600 });
+    return { second: await second, sent };
+  }, brokerUrl);
+  assert.deepEqual(outcome, { second: "Bearer after-invalidate", sent: 2 });
+  await tab.close();
+});
+
+test("reportRejected() posts to /refresh even while a GET is under way", async () => {
+  const tab = await openPage(pageA.origin);
+  await tab.evaluate(controlledFetch);
+  const outcome = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, fetch: window.controlledFetch });
+    // A token with no life left: the next call sends a GET, and the API rejects the token meanwhile.
+    const first = provider();
+    await window.settle();
+    window.answer(0, { access_token: "rejected-token", expires_in: 0 });
+    await first;
+    const pending = provider();
+    await window.settle();
+    const reported = provider.reportRejected();
+    await window.settle();
+    const sent = window.requests.map((r) => [r.method, r.url.replace(brokerUrl, ""), r.body ?? null]);
+    window.answer(1, { access_token: "rejected-token", expires_in: 3600 });
+    window.answer(2, { access_token: "replacement", expires_in: 3600 });
+    await pending;
+    return { reported: await reported, sent, next: await provider() };
+  }, brokerUrl);
+  assert.deepEqual(outcome.sent, [
+    ["GET", "/v1/token/vendor", null],
+    ["GET", "/v1/token/vendor", null],
+    ["POST", "/v1/token/vendor/refresh", JSON.stringify({ access_token: "rejected-token" })],
+  ]);
+  assert.equal(outcome.reported, "Bearer replacement");
+  assert.equal(outcome.next, "Bearer replacement");
+  await tab.close();
+});
+
+test("a url with a query string keeps it on the token route and on /refresh", async () => {
+  const tab = await openPage(pageA.origin);
+  await tab.evaluate(controlledFetch);
+  const urls = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({
+      url: `${brokerUrl}/v1/token/vendor?tenant=t1`,
+      scope: "a b",
+      fetch: window.controlledFetch,
+    });
+    const first = provider();
+    await window.settle();
+    window.answer(0, { access_token: "t", expires_in: 3600 });
+    await first;
+    const reported = provider.reportRejected();
+    await window.settle();
+    window.answer(1, { access_token: "t2", expires_in: 3600 });
+    await reported;
+    return window.requests.map((r) => r.url.replace(brokerUrl, ""));
+  }, brokerUrl);
+  assert.deepEqual(urls, ["/v1/token/vendor?tenant=t1&scope=a%20b", "/v1/token/vendor/refresh?tenant=t1"]);
+  await tab.close();
+});
