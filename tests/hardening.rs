@@ -786,3 +786,35 @@ async fn a_failed_key_fetch_is_shared_by_the_callers_waiting_for_it() {
     );
     assert_eq!(upstream_calls(&jwks).await, 1);
 }
+
+/// A public token minted for the subject `alice` is not the API key `alice`: only the scopes it
+/// carries count, never the grants table.
+#[tokio::test]
+async fn a_public_token_never_matches_grants_whatever_its_subject() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing.pem");
+    std::fs::write(&key, token_broker::public_tokens::SigningKey::generate_pem()).unwrap();
+    let app = TestApp::spawn(&config_with_public_tokens(&format!("{}/token", upstream.uri()), &key)).await;
+    let minted: Value = app
+        .http
+        .post(format!("{}/v1/public-tokens", app.base))
+        .header("X-API-Key", ALICE_KEY)
+        .json(&serde_json::json!({ "subject": "alice", "scopes": {} }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["token"].as_str().unwrap();
+    let response = app
+        .http
+        .get(app.token_url("triumph"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_error(response).await, (403, "access_denied".into()));
+    assert_eq!(upstream_calls(&upstream).await, 0);
+}
