@@ -10,6 +10,7 @@ pub mod outbound;
 pub mod policy;
 pub mod public_tokens;
 pub mod routes;
+pub mod scope;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

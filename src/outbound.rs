@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::header::CONTENT_LENGTH;
+use url::Url;
 
 /// A client that follows no redirect; `timeout` bounds each whole request when given.
 pub fn client(timeout: Option<Duration>) -> reqwest::Client {
@@ -44,4 +45,20 @@ pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Whether `url` is on a loopback host, where plain HTTP never leaves the machine.
+pub fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// `https://`, or `http://` on a loopback host: where the broker sends secrets, session cookies, or
+/// asks for the keys it trusts.
+pub fn is_secure_url(url: &Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && is_loopback_url(url))
 }

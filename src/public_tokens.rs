@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::policy::{Scope, ScopeSet};
+use crate::scope::{Scope, ScopeSet};
 use crate::timespan::TimeSpan;
 
 /// The `typ` of minted tokens (RFC 9068 §2.1 names access tokens `at+jwt`).
@@ -24,6 +24,19 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 /// Clock skew allowed when checking `exp` of a public token.
 const LEEWAY_SECS: u64 = 5;
+
+/// `[public_tokens]`: the app's backend mints scoped, short-lived tokens for its browser.
+#[derive(Debug, Clone)]
+pub struct PublicTokenSettings {
+    pub signing_key: SigningKey,
+    pub previous_keys: Vec<VerifyingKey>,
+    pub default_expiration: Duration,
+    pub max_expiration: Duration,
+    pub issuer: String,
+    pub mint_subjects: Vec<String>,
+    /// Whose subjects `mint_subjects` are: authenticator names (default: every api_key one).
+    pub mint_authenticators: Vec<String>,
+}
 
 /// A public key that verifies public tokens.
 #[derive(Clone)]

@@ -2,6 +2,7 @@
 //! and access logs, the per-identity rate limit, and the headers every token answer carries.
 
 pub mod auth_failures;
+pub mod config;
 pub mod cors;
 pub mod errors;
 pub mod forwarded;

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{AuthError, Identity, Method, Outcome};
-use crate::settings::ApiKeySettings;
+use crate::identity::config::ApiKeySettings;
 
 pub const HEADER: &str = "x-api-key";
 

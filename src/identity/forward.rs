@@ -13,8 +13,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{AuthError, Identity, Method, Outcome};
+use crate::identity::config::ForwardSettings;
 use crate::outbound::{self, BodyError};
-use crate::settings::ForwardSettings;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const DECISIONS: u64 = 100_000;

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::clock::{later, SharedClock};
+use crate::identity::config::JwtSettings;
 use crate::outbound::{self, BodyError};
-use crate::settings::{is_loopback_url, JwtSettings};
 
 /// Unknown `kid`s re-fetch the key set at most this often.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -226,7 +226,7 @@ impl KeySource {
         let body = read_capped(response).await?;
         let metadata: Metadata = serde_json::from_slice(&body).map_err(|_| "the discovery document has no jwks_uri")?;
         let url = Url::parse(&metadata.jwks_uri).map_err(|_| "the discovery document's jwks_uri is not a URL")?;
-        if url.scheme() == "https" || (url.scheme() == "http" && is_loopback_url(&url)) {
+        if outbound::is_secure_url(&url) {
             Ok(url)
         } else {
             Err("the discovery document's jwks_uri is not https://")

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::jwks::{KeyError, KeySource};
 use super::{bearer_token, AuthError, Identity, Method, Outcome};
 use crate::clock::SharedClock;
-use crate::settings::JwtSettings;
+use crate::identity::config::JwtSettings;
 
 const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 /// Longest a verified token is remembered, whatever its `exp`.
@@ -224,7 +224,7 @@ mod tests {
             "#
         );
         let settings = crate::settings::Settings::from_toml(&toml, &Default::default()).unwrap();
-        let crate::settings::AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[0].settings else {
+        let crate::identity::config::AuthenticatorSettings::Jwt(jwt) = &settings.authenticators[0].settings else {
             unreachable!("the one authenticator is a jwt one")
         };
         JwtAuthenticator::new(jwt, Arc::new(crate::clock::SystemClock))

@@ -5,6 +5,7 @@
 //! Identity headers a client sends itself (`X-Forwarded-User` and the like) are never read.
 
 pub(crate) mod api_key;
+pub mod config;
 mod forward;
 mod jwks;
 mod jwt;
@@ -17,12 +18,13 @@ pub use forward::ForwardAuthenticator;
 pub use jwt::{unverified_issuer, JwtAuthenticator};
 pub use public_token::PublicTokenAuthenticator;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::policy::Rights;
+use crate::identity::config::{AuthenticatorSettings, NamedAuthenticator};
 use crate::public_tokens::PublicTokens;
-use crate::settings::{AuthenticatorSettings, NamedAuthenticator};
+use crate::scope::ScopeSet;
 
 /// How an identity was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,15 @@ impl Method {
             Self::PublicToken => "public_token",
         }
     }
+}
+
+/// Where an identity's rights come from.
+#[derive(Debug, Clone)]
+pub enum Rights {
+    /// The grants table of the configuration.
+    Grants,
+    /// Rights carried by the credential itself, which replace the grants table.
+    Carried(BTreeMap<String, ScopeSet>),
 }
 
 /// An authenticated caller: the pair (authenticator name, subject). The same subject from two

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::HeaderMap;
 
-use super::{bearer_token, unverified_issuer, AuthError, Identity, Method, Outcome};
-use crate::policy::Rights;
+use super::{bearer_token, unverified_issuer, AuthError, Identity, Method, Outcome, Rights};
 use crate::public_tokens::PublicTokens;
 
 pub struct PublicTokenAuthenticator {

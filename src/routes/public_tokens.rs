@@ -10,9 +10,10 @@ use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::http::observe::RequestId;
 use crate::identity::{Identity, Method};
-use crate::policy::{parse_scope_param, Denied, ScopeSet};
+use crate::policy::Denied;
 use crate::public_tokens::{expiration, TokenScopes};
 use crate::routes::common::{authenticate, read_body};
+use crate::scope::{parse_scope_param, ScopeSet};
 use crate::startup::{AppState, Broker};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

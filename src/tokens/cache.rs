@@ -23,8 +23,8 @@ use subtle::ConstantTimeEq;
 use super::shared::{Lock, SharedTier, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
-use crate::policy::{join_scopes, ScopeSet};
-use crate::settings::CredentialFingerprint;
+use crate::scope::{join_scopes, ScopeSet};
+use crate::upstream::config::CredentialFingerprint;
 use crate::upstream::{FetchedToken, Purpose, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.

@@ -2,6 +2,7 @@
 //! and (optionally) in a Redis tier shared by replicas.
 
 mod cache;
+pub mod config;
 mod shared;
 
 pub use cache::{CacheKey, CachedToken, ReplaceError, Served, TokenCache};

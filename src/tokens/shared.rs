@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use super::cache::CacheKey;
 use crate::metrics::Metrics;
-use crate::policy::join_scopes;
-use crate::settings::{redact_url_password, RedisSettings};
+use crate::scope::join_scopes;
+use crate::tokens::config::{redact_url_password, RedisSettings};
 
 const NONCE_LEN: usize = 12;
 

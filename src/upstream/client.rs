@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::error::{OAuthErrorCode, UpstreamError};
 use crate::outbound::{self, BodyError};
-use crate::policy::{join_scopes, parse_scope_param, ScopeSet};
-use crate::settings::{ClientAuthMethod, UpstreamSettings};
+use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
+use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
 
 /// Token responses are small; anything larger is refused before it fills memory.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

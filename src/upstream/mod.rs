@@ -2,6 +2,7 @@
 //! the retries, circuit breaker and memory of refusals around it.
 
 mod client;
+pub mod config;
 mod error;
 mod resilient;
 

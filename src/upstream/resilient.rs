@@ -21,8 +21,8 @@ use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, UpstreamLabel};
-use crate::policy::ScopeSet;
-use crate::settings::{CredentialFingerprint, UpstreamSettings};
+use crate::scope::ScopeSet;
+use crate::upstream::config::{CredentialFingerprint, UpstreamSettings};
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
 pub const MAX_ATTEMPTS: u32 = 3;

@@ -1,0 +1,97 @@
+//! `[upstreams.*]`: token endpoints and the credentials the broker presents to them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::check::Check;
+use super::{raw, Env};
+use crate::scope::Scope;
+use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
+
+const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope", "audience"];
+
+/// `[upstreams.*]`.
+pub(super) fn validate(
+    check: &mut Check,
+    upstreams: &BTreeMap<String, raw::Upstream>,
+    env: &Env,
+) -> BTreeMap<String, UpstreamSettings> {
+    if upstreams.is_empty() {
+        check.problem("upstreams", "at least one upstream is required");
+    }
+    upstreams
+        .iter()
+        .filter_map(|(name, raw)| Some((name.clone(), validate_one(check, name, raw, env)?)))
+        .collect()
+}
+
+fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -> Option<UpstreamSettings> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    if !is_valid_name(name) {
+        check.problem(
+            format!("upstreams.{name}"),
+            "upstream names use only letters, digits, '-' and '_'",
+        );
+    }
+    let token_url = check.secure_url(&key("token_url"), &raw.token_url);
+    if let Some(url) = &token_url {
+        if !url.username().is_empty() || url.password().is_some() {
+            check.problem(
+                key("token_url"),
+                "must not carry credentials; use client_id and client_secret",
+            );
+        }
+    }
+    if raw.client_id.trim().is_empty() {
+        check.problem(key("client_id"), "must not be empty");
+    }
+    let client_secret = check.secret(&key("client_secret"), &raw.client_secret, env);
+    let auth_method = match raw.auth_method.as_deref().unwrap_or("client_secret_post") {
+        "client_secret_post" => ClientAuthMethod::ClientSecretPost,
+        "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+        other => {
+            check.problem(
+                key("auth_method"),
+                format!("`{other}` is not client_secret_post or client_secret_basic"),
+            );
+            ClientAuthMethod::ClientSecretPost
+        }
+    };
+    let scopes = check.scopes(&key("scopes"), &raw.scopes);
+    for param in raw.params.keys() {
+        if RESERVED_PARAMS.contains(&param.as_str()) {
+            check.problem(
+                key(&format!("params.{param}")),
+                "is set by the broker itself and cannot be overridden",
+            );
+        }
+    }
+    let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(5));
+    if raw.max_tokens_per_hour == Some(0) {
+        check.problem(
+            key("max_tokens_per_hour"),
+            "must be at least 1 (leave it out for no quota)",
+        );
+    }
+    Some(UpstreamSettings {
+        name: name.to_string(),
+        token_url: token_url?,
+        client_id: raw.client_id.clone(),
+        client_secret,
+        auth_method,
+        scopes,
+        audience: raw.audience.clone(),
+        params: raw.params.clone(),
+        timeout,
+        max_tokens_per_hour: raw.max_tokens_per_hour,
+    })
+}
+
+/// The upstream's configured scopes, ignoring malformed ones (reported under the upstream's key).
+pub(super) fn check_upstream_scopes(scopes: &[String]) -> BTreeSet<Scope> {
+    scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect()
+}
+
+pub(super) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
