@@ -9,7 +9,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION}
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use token_broker::clock::{SharedClock, SystemClock};
-use token_broker::identity::{hash_key, Chain, Identity, Method};
+use token_broker::identity::{hash_key, Chain, Identity, Method, Ungated};
 use token_broker::metrics::Metrics;
 use token_broker::policy::{GrantSettings, Policy};
 use token_broker::scope::{parse_scope_param, Scope};
@@ -141,12 +141,12 @@ fn authentication(c: &mut Criterion) {
 
     let api_key = headers(&[(HeaderName::from_static("x-api-key"), "bench-api-key".into())]);
     c.bench_function("identity: API key (SHA-256, constant-time compare)", |b| {
-        b.iter(|| runtime.block_on(chain.authenticate(&api_key)).unwrap())
+        b.iter(|| runtime.block_on(chain.authenticate(&api_key, &Ungated)).unwrap())
     });
     let bearer = headers(&[(AUTHORIZATION, format!("Bearer {token}"))]);
-    runtime.block_on(chain.authenticate(&bearer)).unwrap();
+    runtime.block_on(chain.authenticate(&bearer, &Ungated)).unwrap();
     c.bench_function("identity: JWT RS256, verified-token cache hit", |b| {
-        b.iter(|| runtime.block_on(chain.authenticate(&bearer)).unwrap())
+        b.iter(|| runtime.block_on(chain.authenticate(&bearer, &Ungated)).unwrap())
     });
     // What the cache saves: the signature and claim checks on every request.
     let key = DecodingKey::from_jwk(&serde_json::from_value(jwk_value()).unwrap()).unwrap();

@@ -99,7 +99,8 @@ export function createAccessTokenProvider(options) {
 
   /** The broker route `suffix` ("" or "/refresh") of `url`, with the query `url` carries and `extra`. */
   function routeUrl(suffix, extra) {
-    const [path, query = ""] = url.split("?", 2);
+    const at = url.indexOf("?");
+    const [path, query] = at < 0 ? [url, ""] : [url.slice(0, at), url.slice(at + 1)];
     const params = [query, extra].filter((part) => part !== "").join("&");
     return `${path}${suffix}${params ? `?${params}` : ""}`;
   }

@@ -513,6 +513,12 @@ fn a_csrf_header_that_proves_nothing_is_refused() {
         "cookie",
         "origin",
         "sec-fetch-site",
+        "user-agent",
+        "upgrade-insecure-requests",
+        "cache-control",
+        "pragma",
+        "priority",
+        "purpose",
     ] {
         let problems = problems_of(&base.replace("workers = 2", &format!("workers = 2\ncsrf_header = \"{header}\"")));
         assert!(
@@ -817,4 +823,123 @@ async fn a_public_token_never_matches_grants_whatever_its_subject() {
         .unwrap();
     assert_eq!(status_and_error(response).await, (403, "access_denied".into()));
     assert_eq!(upstream_calls(&upstream).await, 0);
+}
+
+/// A session endpoint that answers a guessed cookie with a redirect to its login page, or with an
+/// error, was asked once per guess without limit: neither answer was counted as a failure.
+#[tokio::test]
+async fn guesses_a_session_endpoint_redirects_or_fails_on_are_limited_too() {
+    for (status, broker_answer) in [(302, 401), (500, 503)] {
+        let upstream = token_endpoint(IssueTokens::new(3600)).await;
+        let session = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(status).insert_header("Location", "/login"))
+            .mount(&session)
+            .await;
+        let toml = format!(
+            "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
+            config(&format!("{}/token", upstream.uri()), "client_secret_post")
+                .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
+            session.uri(),
+        );
+        let app = TestApp::spawn(&toml).await;
+        let attacker = client_from("127.0.0.5");
+        let mut statuses = Vec::new();
+        for n in 0..12 {
+            let response = attacker
+                .get(app.token_url("triumph"))
+                .header("Cookie", format!("sid=guess-{n}"))
+                .header("X-Requested-With", "x")
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(statuses[..5], [broker_answer; 5], "session endpoint answering {status}");
+        assert_eq!(statuses[5..], [429; 7], "session endpoint answering {status}");
+        assert_eq!(upstream_calls(&session).await, 5, "session endpoint answering {status}");
+    }
+}
+
+/// Failures used to be counted only when they finished: a hundred guesses sent at once against a
+/// slow session endpoint all got in before the first was counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_outrun_the_failure_budget() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let session = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(500)))
+        .mount(&session)
+        .await;
+    let toml = format!(
+        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post")
+            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
+        session.uri(),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let attacker = client_from("127.0.0.6");
+    let answers = futures_util::future::join_all((0..100).map(|n| {
+        attacker
+            .get(app.token_url("triumph"))
+            .header("Cookie", format!("sid=guess-{n}"))
+            .header("X-Requested-With", "x")
+            .send()
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.into_iter().map(|a| a.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 95, "{statuses:?}");
+    assert_eq!(upstream_calls(&session).await, 5);
+    // A genuine caller elsewhere, with a session the endpoint accepts, is not affected.
+    session.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "sub": "alice" })))
+        .mount(&session)
+        .await;
+    let genuine = client_from("127.0.0.7")
+        .get(app.token_url("triumph"))
+        .header("Cookie", "sid=real")
+        .header("X-Requested-With", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(genuine.status(), 403, "authenticated; forward's alice has no grant");
+}
+
+/// A POST with `scope` in the query used to be answered for the whole grant: the query was ignored.
+#[tokio::test]
+async fn a_scope_in_the_query_of_a_post_counts() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    let post = |path: String, body: Value| app.http.post(path).header("X-API-Key", ALICE_KEY).json(&body).send();
+    let narrow: Value = post(
+        format!("{}?scope=reports:read", app.token_url("triumph")),
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(narrow["scope"], "reports:read");
+    app.clock.advance(Duration::from_secs(361));
+    let replaced: Value = post(
+        format!("{}/refresh?scope=reports:read", app.token_url("triumph")),
+        serde_json::json!({ "access_token": narrow["access_token"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(replaced["scope"], "reports:read");
+    assert_ne!(replaced["access_token"], narrow["access_token"]);
+    let conflicting = post(
+        format!("{}?scope=reports:read", app.token_url("triumph")),
+        serde_json::json!({ "scope": "reports:write" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_and_error(conflicting).await, (400, "invalid_request".into()));
 }

@@ -68,7 +68,9 @@ impl ApiError {
                 "csrf_header_missing",
                 "cookie-authenticated requests must carry the CSRF header".into(),
             ),
-            Self::RateLimited { .. } => ("rate_limited", "too many requests; slow down".into()),
+            Self::RateLimited { .. } | Self::Unauthenticated(AuthError::Throttled) => {
+                ("rate_limited", "too many requests; slow down".into())
+            }
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::NotConfigured(what) => ("not_found", (*what).into()),
             Self::MethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
@@ -119,6 +121,7 @@ impl ResponseError for ApiError {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated(AuthError::Throttled) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
             Self::UnknownUpstream | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
@@ -171,7 +174,13 @@ impl ResponseError for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
-        Self::Unauthenticated(error)
+        match error {
+            // The route usually knows how long to wait; a second is the least it can be.
+            AuthError::Throttled => Self::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            error => Self::Unauthenticated(error),
+        }
     }
 }
 

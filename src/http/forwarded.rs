@@ -35,17 +35,21 @@ impl TrustedProxies {
             via_trusted_proxy: false,
         };
         let Some(peer) = peer.filter(|p| self.trusts(*p)) else {
-            return untrusted;
+            return ClientInfo {
+                ip: peer.map(canonical),
+                ..untrusted
+            };
         };
-        let hops: Vec<&str> = headers
+        // Read as bytes: one hop a client wrote in non-ASCII must not make the whole header (and
+        // the hops the proxies appended after it) disappear.
+        let hops: Vec<Option<IpAddr>> = headers
             .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(parse_hop)
             .collect();
-        let mut client = peer;
+        let mut client = canonical(peer);
         for hop in hops.iter().rev() {
-            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            let Some(ip) = *hop else { break };
             client = ip;
             if !self.trusts(ip) {
                 break;
@@ -64,6 +68,17 @@ impl TrustedProxies {
             via_trusted_proxy: true,
         }
     }
+}
+
+/// One `X-Forwarded-For` hop: an address, or an address with a port as some load balancers write
+/// it (`203.0.113.7:5555`, `[2001:db8::1]:443`).
+fn parse_hop(bytes: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let ip = text
+        .parse::<IpAddr>()
+        .or_else(|_| text.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()?;
+    Some(canonical(ip))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) compare as the IPv4 address.
@@ -122,6 +137,29 @@ mod tests {
             &headers(&[("x-forwarded-for", "10.0.0.5")]),
         );
         assert_eq!(all_trusted.ip, Some("10.0.0.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn hops_with_ports_and_a_client_written_non_ascii_hop_still_name_the_client() {
+        let with_port = proxies().client(
+            Some("127.0.0.1".parse().unwrap()),
+            "http",
+            &headers(&[("x-forwarded-for", "203.0.113.10:5555")]),
+        );
+        assert_eq!(with_port.ip, Some("203.0.113.10".parse().unwrap()));
+        let v6 = proxies().client(
+            Some("127.0.0.1".parse().unwrap()),
+            "http",
+            &headers(&[("x-forwarded-for", "[2001:db8::1]:443")]),
+        );
+        assert_eq!(v6.ip, Some("2001:db8::1".parse().unwrap()));
+        let mut map = HeaderMap::new();
+        map.append(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_bytes(b"\xff, 203.0.113.7").unwrap(),
+        );
+        let non_ascii = proxies().client(Some("127.0.0.1".parse().unwrap()), "http", &map);
+        assert_eq!(non_ascii.ip, Some("203.0.113.7".parse().unwrap()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use moka::future::Cache;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{AuthError, Identity, Method, Outcome};
+use super::{AuthError, Gate, Identity, Method, Outcome};
 use crate::identity::config::ForwardSettings;
 use crate::outbound::{self, BodyError};
 
@@ -47,7 +47,7 @@ impl ForwardAuthenticator {
         &self.settings
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+    pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         let cookies = self.forwarded_cookies(headers);
         let authorization = if self.settings.forward_authorization {
             headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
@@ -66,6 +66,7 @@ impl ForwardAuthenticator {
         // A decision in memory is read without the coalescing machinery of `try_get_with`.
         let decision = match self.decisions.get(&key).await {
             Some(decision) => Ok(decision),
+            None if !gate.admit() => return Outcome::Rejected(AuthError::Throttled),
             None => {
                 self.decisions
                     .try_get_with(key, self.ask(&cookies, authorization))
@@ -117,7 +118,8 @@ impl ForwardAuthenticator {
             .await
             .map_err(|_| "the session endpoint could not be reached")?;
         let status = response.status();
-        if status == 401 || status == 403 {
+        // A redirect (to a login page, as many apps answer a stale session) is a refusal too.
+        if status == 401 || status == 403 || status.is_redirection() {
             return Ok(Decision::Refused);
         }
         if !status.is_success() {

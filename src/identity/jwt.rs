@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::jwks::{KeyError, KeySource};
-use super::{bearer_token, AuthError, Identity, Method, Outcome};
+use super::{bearer_token, AuthError, Gate, Identity, Method, Outcome};
 use crate::clock::SharedClock;
 use crate::identity::config::JwtSettings;
 
@@ -66,7 +66,7 @@ impl JwtAuthenticator {
         &self.settings
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+    pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         let Some(token) = bearer_token(headers) else {
             return Outcome::NotMine;
         };
@@ -85,6 +85,9 @@ impl JwtAuthenticator {
         match unverified_issuer(token) {
             Some(iss) if self.settings.accepted_issuers.contains(&iss) => {}
             _ => return Outcome::NotMine,
+        }
+        if !gate.admit() {
+            return Outcome::Rejected(AuthError::Throttled);
         }
         match self.verify(token).await {
             Ok(verified) => {
@@ -259,7 +262,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let outcome = runtime.block_on(authenticator().authenticate(&headers));
+            let outcome = runtime.block_on(authenticator().authenticate(&headers, &super::super::Ungated));
             prop_assert!(matches!(outcome, Outcome::Rejected(_) | Outcome::NotMine));
         }
 

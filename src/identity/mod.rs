@@ -94,6 +94,24 @@ pub enum AuthError {
     Invalid,
     #[error("the identity provider cannot be reached")]
     Unavailable,
+    /// The gate refused the work a verification needs: this client failed too often.
+    #[error("too many failed authentications from this address")]
+    Throttled,
+}
+
+/// Asked before an authenticator starts work that costs (a signature check, a call to the session
+/// endpoint); `false` stops it and the request is refused as [`AuthError::Throttled`].
+pub trait Gate: Sync {
+    fn admit(&self) -> bool;
+}
+
+/// A gate that admits everything: for callers outside the HTTP path (benchmarks, tests).
+pub struct Ungated;
+
+impl Gate for Ungated {
+    fn admit(&self) -> bool {
+        true
+    }
 }
 
 /// What one authenticator makes of a request.
@@ -149,12 +167,12 @@ impl Authenticator {
         }
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+    pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         match self {
             Self::ApiKey(a) => a.authenticate(headers),
-            Self::Jwt(a) => a.authenticate(headers).await,
-            Self::Forward(a) => a.authenticate(headers).await,
-            Self::PublicToken(a) => a.authenticate(headers),
+            Self::Jwt(a) => a.authenticate(headers, gate).await,
+            Self::Forward(a) => a.authenticate(headers, gate).await,
+            Self::PublicToken(a) => a.authenticate(headers, gate),
         }
     }
 }
@@ -215,9 +233,10 @@ impl Chain {
         }
     }
 
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    /// The caller of `headers`; `gate` is asked before any authenticator starts costly work.
+    pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Result<Identity, AuthError> {
         for (name, authenticator) in &self.authenticators {
-            match authenticator.authenticate(headers).await {
+            match authenticator.authenticate(headers, gate).await {
                 Outcome::NotMine => continue,
                 Outcome::Authenticated(mut identity) => {
                     identity.authenticator = name.clone();

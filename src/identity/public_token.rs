@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::HeaderMap;
 
-use super::{bearer_token, unverified_issuer, AuthError, Identity, Method, Outcome, Rights};
+use super::{bearer_token, unverified_issuer, AuthError, Gate, Identity, Method, Outcome, Rights};
 use crate::public_tokens::PublicTokens;
 
 pub struct PublicTokenAuthenticator {
@@ -17,12 +17,15 @@ impl PublicTokenAuthenticator {
         Self { tokens }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+    pub fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         let Some(token) = bearer_token(headers) else {
             return Outcome::NotMine;
         };
         if unverified_issuer(token).as_deref() != Some(self.tokens.issuer.as_str()) {
             return Outcome::NotMine;
+        }
+        if !gate.admit() {
+            return Outcome::Rejected(AuthError::Throttled);
         }
         match self.tokens.verify(token) {
             Some(claims) => {

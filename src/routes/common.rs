@@ -1,6 +1,8 @@
 //! What the routes that serve callers share: who is calling (with the CSRF and rate checks that
 //! come with it), and reading a bounded request body.
 
+use std::time::Duration;
+
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
@@ -10,18 +12,32 @@ use crate::identity::{AuthError, Identity};
 use crate::startup::AppState;
 
 /// Authenticates the caller, then applies the checks every caller-facing route needs. An address
-/// that failed too often is refused first, before any authentication work.
+/// that failed too often is refused first, before any authentication work; costly work reserves
+/// against that budget as it starts (see [`crate::http::auth_failures`]).
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
-    let client = ClientAddress::of(req);
-    state
+    let attempt = state
         .auth_failures
-        .check(client)
+        .attempt(ClientAddress::of(req))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    let identity = state.identity.authenticate(req.headers()).await.inspect_err(|error| {
-        if *error == AuthError::Invalid {
-            state.auth_failures.failed(client);
+    let identity = match state.identity.authenticate(req.headers(), &attempt).await {
+        Ok(identity) => {
+            attempt.succeeded();
+            identity
         }
-    })?;
+        Err(AuthError::Throttled) => {
+            let retry_after = attempt.refused_for().unwrap_or(Duration::from_secs(1));
+            return Err(ApiError::RateLimited { retry_after });
+        }
+        Err(error) => {
+            // A session endpoint that cannot judge a guessed cookie must not be asked without limit either.
+            if matches!(error, AuthError::Invalid | AuthError::Unavailable) {
+                attempt.failed();
+            } else {
+                attempt.succeeded();
+            }
+            return Err(error.into());
+        }
+    };
     // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
     if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
         return Err(ApiError::CsrfHeaderMissing);

@@ -101,10 +101,26 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
     let param = match requested {
         Requested::Param(param) => param,
-        Requested::Body(payload) => parse_body(
-            req,
-            read_body(req, payload, state.settings.server.max_body_bytes).await?,
-        )?,
+        Requested::Body(payload) => {
+            let mut param = parse_body(
+                req,
+                read_body(req, payload, state.settings.server.max_body_bytes).await?,
+            )?;
+            // A `scope` in the query of a POST counts as in the body: ignoring it would answer
+            // for the whole grant where the caller asked for less.
+            let query: ScopeParam = serde_urlencoded::from_str(req.query_string())
+                .map_err(|_| ApiError::InvalidRequest("the query string could not be read".into()))?;
+            match (&param.scope, query.scope) {
+                (Some(body), Some(query)) if *body != query => {
+                    return Err(ApiError::InvalidRequest(
+                        "scope is given twice, differently, in the query and the body".into(),
+                    ))
+                }
+                (None, query) => param.scope = query,
+                _ => {}
+            }
+            param
+        }
     };
     let rejected =
         match mode {

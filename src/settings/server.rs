@@ -71,14 +71,35 @@ pub(super) fn validate(check: &mut Check, s: &raw::Server, env: &Env) -> ServerS
 }
 
 /// Headers a page can send cross-site without a CORS preflight (Fetch standard, CORS-safelisted
-/// request headers), or that a page cannot set at all (forbidden request headers): neither proves
-/// that the request came from a page the broker's CORS policy allowed.
+/// request headers), that browsers add to requests on their own, or that a page cannot set at all
+/// (forbidden request headers): none proves that the request came from a page the broker's CORS
+/// policy allowed.
 const UNFIT_CSRF_HEADERS: &[&str] = &[
     "accept",
     "accept-language",
     "content-language",
     "content-type",
     "range",
+    "authorization",
+    "cache-control",
+    "device-memory",
+    "downlink",
+    "dpr",
+    "ect",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "pragma",
+    "priority",
+    "purpose",
+    "rtt",
+    "save-data",
+    "upgrade-insecure-requests",
+    "user-agent",
+    "viewport-width",
+    "width",
     "accept-charset",
     "accept-encoding",
     "access-control-request-headers",
