@@ -20,11 +20,11 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::key::CacheKey;
 use super::shared::{Lock, SharedTier, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::scope::{join_scopes, ScopeSet};
-use crate::upstream::config::CredentialFingerprint;
 use crate::upstream::{FetchedToken, Purpose, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.
@@ -42,25 +42,6 @@ pub const REPLACE_INTERVAL: Duration = Duration::from_secs(5);
 /// How old a token of `lifetime` must be before a report of its rejection replaces it.
 pub fn replace_interval(lifetime: Duration) -> Duration {
     REPLACE_INTERVAL.max(lifetime / 10)
-}
-
-/// One cache entry per upstream, credentials and set of scopes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    pub upstream: String,
-    /// Tokens fetched under other credentials or settings are other entries.
-    pub credentials: CredentialFingerprint,
-    pub scopes: ScopeSet,
-}
-
-impl CacheKey {
-    pub fn new(upstream: &Upstream, scopes: &ScopeSet) -> Self {
-        Self {
-            upstream: upstream.name().to_string(),
-            credentials: upstream.credentials,
-            scopes: scopes.clone(),
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -2,8 +2,10 @@
 //! and (optionally) in a Redis tier shared by replicas.
 
 mod cache;
+mod key;
 pub mod config;
 mod shared;
 
-pub use cache::{CacheKey, CachedToken, ReplaceError, Served, TokenCache};
+pub use cache::{CachedToken, ReplaceError, Served, TokenCache};
+pub use key::CacheKey;
 pub use shared::{redis_client, SharedTier};

@@ -20,7 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::cache::CacheKey;
+use super::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::scope::join_scopes;
 use crate::tokens::config::{redact_url_password, RedisSettings};
