@@ -13,6 +13,7 @@ pub mod routes;
 pub mod scope;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod timespan;
 pub mod tokens;

@@ -1,134 +1,75 @@
 //! Builds the application from [`Settings`], binds its listeners (port 0 in tests), reloads the
 //! configuration on SIGHUP and drains on SIGTERM/SIGINT.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use arc_swap::ArcSwap;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::http::auth_failures::AuthFailureLimit;
-use crate::http::cors::{self, CorsPolicy};
+use crate::http::cors::CorsPolicy;
 use crate::http::forwarded::TrustedProxies;
+use crate::http::middleware;
 use crate::http::rate_limit::IdentityRateLimit;
-use crate::http::{limits, observe};
 use crate::identity::Chain;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::public_tokens::PublicTokens;
 use crate::routes;
 use crate::settings::{Env, Settings};
+use crate::state::{AppState, Broker};
 use crate::tokens::{SharedTier, TokenCache};
 use crate::upstream::{TokenClient, Upstream};
 
-/// What a configuration decides; built whole and swapped atomically on reload.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub identity: Chain,
-    pub public_tokens: Option<Arc<PublicTokens>>,
-    pub policy: Policy,
-    pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub cors: CorsPolicy,
-    pub trusted_proxies: TrustedProxies,
-    pub rate_limit: Arc<IdentityRateLimit>,
-    /// Reports of rejected tokens (`/refresh`) per caller: each may cost an upstream fetch.
-    pub refresh_limit: Arc<IdentityRateLimit>,
-    /// Failed authentications per client address, checked before any authentication work.
-    pub auth_failures: Arc<AuthFailureLimit>,
+/// The process state for `settings`: the token cache (with its Redis tier), metrics, and the
+/// state of this first configuration.
+fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
+    let metrics = Arc::new(Metrics::new());
+    let http = TokenClient::http_client();
+    let shared = match &settings.cache.redis {
+        Some(redis) => Some(SharedTier::new(redis, metrics.clone()).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let tokens = TokenCache::new(
+        clock.clone(),
+        metrics.clone(),
+        settings.cache.max_entries,
+        settings.cache.refresh_skew,
+        shared,
+    );
+    let state = build_state(settings, &clock, &http, &metrics, None);
+    Ok(Broker::new(state, tokens, metrics, clock, http))
 }
 
-/// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
-pub struct Broker {
-    state: ArcSwap<AppState>,
-    pub tokens: TokenCache,
-    pub metrics: Arc<Metrics>,
-    clock: SharedClock,
-    http: reqwest::Client,
-    draining: AtomicBool,
-}
-
-impl Broker {
-    pub fn new(settings: Settings, clock: SharedClock) -> std::io::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
-        let http = TokenClient::http_client();
-        let shared = match &settings.cache.redis {
-            Some(redis) => Some(SharedTier::new(redis, metrics.clone()).map_err(std::io::Error::other)?),
-            None => None,
-        };
-        let tokens = TokenCache::new(
-            clock.clone(),
-            metrics.clone(),
-            settings.cache.max_entries,
-            settings.cache.refresh_skew,
-            shared,
-        );
-        let state = build_state(settings, &clock, &http, &metrics, None);
-        Ok(Self {
-            state: ArcSwap::from_pointee(state),
-            tokens,
-            metrics,
-            clock,
-            http,
-            draining: AtomicBool::new(false),
-        })
-    }
-
-    /// The configuration in force; hold the `Arc` for the whole request.
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.load_full()
-    }
-
-    /// The configuration a request is served with: taken once when it arrives (by the observe
-    /// middleware), so a reload in the middle of a request never mixes two configurations.
-    pub fn state_for(&self, req: &impl actix_web::HttpMessage) -> Arc<AppState> {
-        req.extensions()
-            .get::<Arc<AppState>>()
-            .cloned()
-            .unwrap_or_else(|| self.state())
-    }
-
-    /// Swaps in a new configuration. Tokens of upstreams whose endpoint or credentials changed, or
-    /// that were removed, are dropped; the others stay cached.
-    pub fn reload(&self, settings: Settings) {
-        let old = self.state();
-        for (name, before) in &old.settings.upstreams {
-            let unchanged = settings
-                .upstreams
-                .get(name)
-                .is_some_and(|after| after.same_credentials(before));
-            if !unchanged {
-                tracing::info!(upstream = %name, "credentials changed or upstream removed: dropping its cached tokens");
-                self.tokens.invalidate_upstream(name);
-            }
+/// Swaps in a new configuration. Tokens of upstreams whose endpoint or credentials changed, or
+/// that were removed, are dropped; the others stay cached.
+pub fn apply_reload(broker: &Broker, settings: Settings) {
+    let old = broker.state();
+    for (name, before) in &old.settings.upstreams {
+        let unchanged = settings
+            .upstreams
+            .get(name)
+            .is_some_and(|after| after.same_credentials(before));
+        if !unchanged {
+            tracing::info!(upstream = %name, "credentials changed or upstream removed: dropping its cached tokens");
+            broker.tokens.invalidate_upstream(name);
         }
-        let needs_restart = old.settings.server.listen != settings.server.listen
-            || old.settings.server.admin_listen != settings.server.admin_listen
-            || old.settings.server.workers != settings.server.workers
-            || old.settings.cache.max_entries != settings.cache.max_entries
-            || old.settings.cache.redis != settings.cache.redis;
-        if needs_restart {
-            tracing::warn!(
-                "listen addresses, workers, cache.max_entries and cache.redis take effect only after a restart"
-            );
-        }
-        self.tokens.set_refresh_skew(settings.cache.refresh_skew);
-        let state = build_state(settings, &self.clock, &self.http, &self.metrics, Some(&old));
-        self.state.store(Arc::new(state));
     }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
+    let needs_restart = old.settings.server.listen != settings.server.listen
+        || old.settings.server.admin_listen != settings.server.admin_listen
+        || old.settings.server.workers != settings.server.workers
+        || old.settings.cache.max_entries != settings.cache.max_entries
+        || old.settings.cache.redis != settings.cache.redis;
+    if needs_restart {
+        tracing::warn!("listen addresses, workers, cache.max_entries and cache.redis take effect only after a restart");
     }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
+    broker.tokens.set_refresh_skew(settings.cache.refresh_skew);
+    let state = build_state(settings, broker.clock(), &broker.http, &broker.metrics, Some(&old));
+    broker.swap(state);
 }
 
 /// The state for `settings`. On a reload (`previous`), what did not change carries over with what
@@ -244,15 +185,15 @@ impl Application {
         };
         let grace = settings.server.shutdown_grace.as_secs().max(1);
 
-        let broker = web::Data::new(Broker::new(settings, clock)?);
+        let broker = web::Data::new(assemble(settings, clock)?);
         let public_broker = broker.clone();
         let server = HttpServer::new(move || {
             // The last `wrap` runs first: observe (request id, config snapshot), then CORS, so that
             // every answer within, the header limit's 431 included, carries the CORS headers.
             App::new()
-                .wrap(from_fn(limits::header_size))
-                .wrap(from_fn(cors::cors))
-                .wrap(from_fn(observe::observe))
+                .wrap(from_fn(middleware::header_size))
+                .wrap(from_fn(middleware::cors))
+                .wrap(from_fn(middleware::observe))
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)
                 .configure(routes::client_js::configure)
@@ -326,7 +267,7 @@ impl Application {
             }
         }
         tracing::info!("draining: /readyz answers 503, finishing requests in flight");
-        self.broker.draining.store(true, Ordering::SeqCst);
+        self.broker.start_draining();
         public.stop(true).await;
         let _ = server.await;
         admin.stop(true).await;
@@ -343,7 +284,7 @@ fn reload(broker: &Broker, source: Option<&ReloadSource>) {
     };
     match Settings::load(Some(&source.path), &source.env) {
         Ok(settings) => {
-            broker.reload(settings);
+            apply_reload(broker, settings);
             tracing::info!(config = %source.path.display(), "configuration reloaded");
         }
         Err(problems) => {

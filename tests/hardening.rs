@@ -943,3 +943,26 @@ async fn a_scope_in_the_query_of_a_post_counts() {
     .unwrap();
     assert_eq!(status_and_error(conflicting).await, (400, "invalid_request".into()));
 }
+
+/// Costly work reserves against the failure budget, but a page's burst of first requests with one
+/// new credential is one verification, not fifty: the budget is not spent by genuine callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_requests_with_one_new_credential_is_not_throttled() {
+    use helpers::idp::{jwt_authenticator, Idp};
+    let idp = Idp::start(&["rsa-a"], None).await;
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = format!(
+        "{}{}\n[[grants]]\nauthenticators = [\"jwt\"]\nsubjects = [\"user-1\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post")
+            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
+        jwt_authenticator(&idp.issuer),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let token = idp.token("rsa-a", "user-1");
+    let answers = futures_util::future::join_all(
+        (0..50).map(|_| app.http.get(app.token_url("triumph")).bearer_auth(&token).send()),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.into_iter().map(|a| a.unwrap().status().as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}

@@ -23,6 +23,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("request body over the limit")]
     BodyTooLarge,
+    #[error("request headers over the limit")]
+    HeadersTooLarge,
     #[error("{0}")]
     Unauthenticated(AuthError),
     #[error("{0}")]
@@ -54,6 +56,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest(why) => ("invalid_request", why.clone()),
             Self::BodyTooLarge => ("invalid_request", "the request body is over the limit".into()),
+            Self::HeadersTooLarge => ("invalid_request", "the request headers are over the limit".into()),
             Self::Unauthenticated(AuthError::Missing) => (
                 "unauthenticated",
                 "no credential: send X-API-Key or Authorization: Bearer".into(),
@@ -120,6 +123,7 @@ impl ResponseError for ApiError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthenticated(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated(AuthError::Throttled) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -144,6 +148,8 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (error, description) = self.code_and_description();
         let mut response = HttpResponse::build(self.status_code());
+        // An error answer is about this request only: never stored (the token routes say so too).
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
         match self {
             // RFC 6750 §3: a challenge on every 401; `invalid_token` once a credential was refused.
             Self::Unauthenticated(AuthError::Missing) => {

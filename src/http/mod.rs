@@ -8,5 +8,6 @@ pub mod errors;
 pub mod forwarded;
 pub mod headers;
 pub mod limits;
+pub mod middleware;
 pub mod observe;
 pub mod rate_limit;

@@ -64,12 +64,19 @@ impl ForwardAuthenticator {
         let key: [u8; 32] = hasher.finalize().into();
 
         // A decision in memory is read without the coalescing machinery of `try_get_with`.
+        // Identical concurrent checks share one call; only that call asks the gate.
         let decision = match self.decisions.get(&key).await {
             Some(decision) => Ok(decision),
-            None if !gate.admit() => return Outcome::Rejected(AuthError::Throttled),
             None => {
                 self.decisions
-                    .try_get_with(key, self.ask(&cookies, authorization))
+                    .try_get_with(key, async {
+                        if !gate.admit() {
+                            return Err(AuthError::Throttled);
+                        }
+                        self.ask(&cookies, authorization)
+                            .await
+                            .map_err(|_| AuthError::Unavailable)
+                    })
                     .await
             }
         };
@@ -80,7 +87,7 @@ impl ForwardAuthenticator {
                 Outcome::Authenticated(identity)
             }
             Ok(Decision::Refused) => Outcome::Rejected(AuthError::Invalid),
-            Err(_) => Outcome::Rejected(AuthError::Unavailable),
+            Err(error) => Outcome::Rejected(*error),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::HeaderMap;
 use base64::Engine;
 use jsonwebtoken::Validation;
-use moka::sync::Cache;
+use moka::future::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -75,27 +75,31 @@ impl JwtAuthenticator {
         }
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.verified.get(&digest) {
+        if let Some(hit) = self.verified.get(&digest).await {
             let leeway = self.settings.leeway.as_secs();
             if self.clock.unix_now() <= hit.exp.saturating_add(leeway) {
                 return Outcome::Authenticated((*hit.identity).clone());
             }
-            self.verified.invalidate(&digest);
+            self.verified.invalidate(&digest).await;
         }
         match unverified_issuer(token) {
             Some(iss) if self.settings.accepted_issuers.contains(&iss) => {}
             _ => return Outcome::NotMine,
         }
-        if !gate.admit() {
-            return Outcome::Rejected(AuthError::Throttled);
-        }
-        match self.verify(token).await {
-            Ok(verified) => {
-                let identity = (*verified.identity).clone();
-                self.verified.insert(digest, verified);
-                Outcome::Authenticated(identity)
-            }
-            Err(error) => Outcome::Rejected(error),
+        // Concurrent requests with one new token verify it once; only that verification asks the
+        // gate, so a page's burst of first requests costs one failure's worth at most.
+        let verified = self
+            .verified
+            .try_get_with(digest, async {
+                if !gate.admit() {
+                    return Err(AuthError::Throttled);
+                }
+                self.verify(token).await
+            })
+            .await;
+        match verified {
+            Ok(verified) => Outcome::Authenticated((*verified.identity).clone()),
+            Err(error) => Outcome::Rejected(*error),
         }
     }
 

@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq;
 
 use crate::http::errors::ApiError;
 use crate::identity::{bearer_token, AuthError};
-use crate::startup::Broker;
+use crate::state::Broker;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::http::errors::ApiError;
 use crate::http::observe::ClientAddress;
 use crate::identity::{AuthError, Identity};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Authenticates the caller, then applies the checks every caller-facing route needs. An address
 /// that failed too often is refused first, before any authentication work; costly work reserves

@@ -14,7 +14,7 @@ use crate::policy::Denied;
 use crate::public_tokens::{expiration, TokenScopes};
 use crate::routes::common::{authenticate, read_body};
 use crate::scope::{parse_scope_param, ScopeSet};
-use crate::startup::{AppState, Broker};
+use crate::state::{AppState, Broker};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -10,7 +10,7 @@ use crate::http::headers::no_store;
 use crate::http::observe::RequestId;
 use crate::routes::common::{authenticate, read_body};
 use crate::scope::{parse_scope_param, ScopeList, ScopeSet};
-use crate::startup::Broker;
+use crate::state::Broker;
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 

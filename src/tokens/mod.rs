@@ -2,8 +2,8 @@
 //! and (optionally) in a Redis tier shared by replicas.
 
 mod cache;
-mod key;
 pub mod config;
+mod key;
 mod shared;
 
 pub use cache::{CachedToken, ReplaceError, Served, TokenCache};

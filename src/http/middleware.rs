@@ -1,0 +1,138 @@
+//! The middleware every public request passes, outermost first: `observe` (request id, client
+//! address, access line, metric), `cors`, `header_size`. Each takes the request's configuration
+//! snapshot with [`Broker::state_for`], so they agree on one configuration in any order.
+
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use tracing::Instrument;
+
+use super::cors::PREFLIGHT_MAX_AGE;
+use super::errors::ApiError;
+use super::limits::header_bytes;
+use super::observe::{usable_request_id, ClientAddress, ClientIp, RequestId, REQUEST_ID};
+use crate::state::Broker;
+
+/// The broker the app was built with; an app without one is a wiring mistake, answered 500.
+fn broker_of(req: &ServiceRequest) -> Result<web::Data<Broker>, actix_web::Error> {
+    req.app_data::<web::Data<Broker>>()
+        .cloned()
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("the broker is not registered"))
+}
+
+/// One request id per request, the access line and the HTTP metric (see [`crate::http::observe`]).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let broker = broker_of(&req)?;
+    let state = broker.state_for(&req);
+    let scheme = if req.app_config().secure() { "https" } else { "http" };
+    let client = state
+        .trusted_proxies
+        .client(req.peer_addr().map(|a| a.ip()), scheme, req.headers());
+    let request_id = client
+        .via_trusted_proxy
+        .then(|| req.headers().get(REQUEST_ID).and_then(usable_request_id))
+        .flatten()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::debug_span!("request", request_id = %request_id);
+    let method = req.method().clone();
+    // Only the access line (debug level) needs the path: copy it only when that line is on.
+    let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
+    {
+        let mut extensions = actix_web::HttpMessage::extensions_mut(&req);
+        extensions.insert(RequestId(request_id.clone()));
+        extensions.insert(ClientAddress(client.ip));
+    }
+
+    let started = Instant::now();
+    let mut response = next.call(req).instrument(span.clone()).await?;
+    let status = response.status().as_u16();
+    // Resources are named after their pattern: the label is known after routing, unallocated.
+    let route = response.request().match_name().unwrap_or("unmatched");
+    broker.metrics.request(route, status);
+    span.in_scope(|| {
+        tracing::debug!(
+            target: "token_broker::access",
+            request_id = %request_id,
+            method = %method,
+            path = path.as_deref().unwrap_or_default(),
+            client_ip = %ClientIp(client.ip),
+            scheme = %client.scheme,
+            route,
+            status,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+/// CORS on every public route, error answers included (see [`crate::http::cors`]).
+pub async fn cors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let broker = broker_of(&req)?;
+    let state = broker.state_for(&req);
+    let policy = &state.cors;
+    let allowed = policy.allowed(req.headers().get(header::ORIGIN)).cloned();
+
+    let is_preflight =
+        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if is_preflight {
+        let mut response = HttpResponse::NoContent();
+        response.insert_header((header::VARY, "Origin"));
+        if let Some(origin) = allowed {
+            response
+                .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, policy.allow_headers.clone()))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE));
+        }
+        return Ok(req.into_response(response.finish()).map_into_right_body());
+    }
+
+    let mut response = next.call(req).await?;
+    let headers = response.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = allowed {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After, X-Request-Id"),
+        );
+    }
+    Ok(response.map_into_left_body())
+}
+
+/// `server.max_header_bytes`: 431 past it (see [`crate::http::limits`]).
+pub async fn header_size(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let broker = broker_of(&req)?;
+    let limit = broker.state_for(&req).settings.server.max_header_bytes;
+    if limit == 0 {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    if header_bytes(req.headers()) > limit {
+        let response = req.error_response(ApiError::HeadersTooLarge);
+        return Ok(response.map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}

@@ -1,0 +1,103 @@
+//! What requests are served with: the state one configuration builds ([`AppState`], swapped
+//! whole on reload) and the state of the process ([`Broker`]: the token cache, metrics, the
+//! lifecycle). Middleware and routes read it; `startup` assembles it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::HttpMessage;
+use arc_swap::ArcSwap;
+
+use crate::clock::SharedClock;
+use crate::http::auth_failures::AuthFailureLimit;
+use crate::http::cors::CorsPolicy;
+use crate::http::forwarded::TrustedProxies;
+use crate::http::rate_limit::IdentityRateLimit;
+use crate::identity::Chain;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::public_tokens::PublicTokens;
+use crate::settings::Settings;
+use crate::tokens::TokenCache;
+use crate::upstream::Upstream;
+
+/// What a configuration decides; built whole and swapped atomically on reload.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub identity: Chain,
+    pub public_tokens: Option<Arc<PublicTokens>>,
+    pub policy: Policy,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub cors: CorsPolicy,
+    pub trusted_proxies: TrustedProxies,
+    pub rate_limit: Arc<IdentityRateLimit>,
+    /// Reports of rejected tokens (`/refresh`) per caller: each may cost an upstream fetch.
+    pub refresh_limit: Arc<IdentityRateLimit>,
+    /// Failed authentications per client address, checked before any authentication work.
+    pub auth_failures: Arc<AuthFailureLimit>,
+}
+
+/// What lives as long as the process: the token cache, metrics, the HTTP client, the lifecycle.
+pub struct Broker {
+    state: ArcSwap<AppState>,
+    pub tokens: TokenCache,
+    pub metrics: Arc<Metrics>,
+    clock: SharedClock,
+    /// The HTTP client every upstream shares (one connection pool).
+    pub(crate) http: reqwest::Client,
+    draining: AtomicBool,
+}
+
+impl Broker {
+    pub(crate) fn new(
+        state: AppState,
+        tokens: TokenCache,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            state: ArcSwap::from_pointee(state),
+            tokens,
+            metrics,
+            clock,
+            http,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The configuration in force now; hold the `Arc` for as long as it is used.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.load_full()
+    }
+
+    /// The configuration `req` is served with: the first to ask (the outermost middleware) takes a
+    /// snapshot and keeps it in the request, so every middleware and the route see the same one,
+    /// in whatever order they run, even if a reload lands in the middle of the request.
+    pub fn state_for(&self, req: &impl HttpMessage) -> Arc<AppState> {
+        if let Some(state) = req.extensions().get::<Arc<AppState>>() {
+            return state.clone();
+        }
+        let state = self.state();
+        req.extensions_mut().insert(state.clone());
+        state
+    }
+
+    /// Puts a new configuration's state in force.
+    pub(crate) fn swap(&self, state: AppState) {
+        self.state.store(Arc::new(state));
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
