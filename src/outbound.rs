@@ -19,28 +19,37 @@ pub fn client(timeout: Option<Duration>) -> reqwest::Client {
         .expect("the HTTP client's settings are static and valid")
 }
 
-#[derive(Debug)]
-pub enum BodyError {
+/// What can go wrong asking another server: the errors of every request the broker makes.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Connecting, sending or reading failed.
+    #[error("the request failed")]
+    Transport(#[source] reqwest::Error),
+    /// The server answered a status the caller cannot use.
+    #[error("the answer's status was {0}")]
+    Status(u16),
     /// Declared or streamed past the cap.
-    TooLarge,
-    /// The connection failed while reading.
-    Transport(reqwest::Error),
+    #[error("the answer is over {0} bytes")]
+    TooLarge(usize),
+    /// Not the JSON document expected.
+    #[error("the answer is not the JSON document expected")]
+    Json(#[source] serde_json::Error),
 }
 
 /// The body of `response`, refused past `max` bytes (declared in Content-Length or streamed).
-pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, FetchError> {
     let declared = response
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > max) {
-        return Err(BodyError::TooLarge);
+        return Err(FetchError::TooLarge(max));
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+    while let Some(chunk) = response.chunk().await.map_err(FetchError::Transport)? {
         if body.len() + chunk.len() > max {
-            return Err(BodyError::TooLarge);
+            return Err(FetchError::TooLarge(max));
         }
         body.extend_from_slice(&chunk);
     }

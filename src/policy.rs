@@ -20,7 +20,6 @@ pub struct GrantSettings {
 /// What an identity may fetch from one upstream: the scopes to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entitlement {
-    pub upstream: String,
     pub scopes: ScopeSet,
 }
 
@@ -73,10 +72,7 @@ impl Policy {
             Some(requested) if requested.is_subset(&granted) => requested,
             Some(_) => return Err(Denied::ScopeNotGranted),
         };
-        Ok(Entitlement {
-            upstream: upstream.to_string(),
-            scopes,
-        })
+        Ok(Entitlement { scopes })
     }
 }
 

@@ -86,7 +86,7 @@ impl std::fmt::Debug for SigningKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
+pub enum SigningKeyError {
     #[error("not PEM")]
     NotPem,
     #[error("not an Ed25519 PKCS#8 private key (make one with `token-broker keygen`)")]
@@ -106,18 +106,18 @@ pub fn thumbprint(public: &[u8; 32]) -> String {
 
 impl SigningKey {
     /// An Ed25519 PKCS#8 private key in PEM (`-----BEGIN PRIVATE KEY-----`).
-    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
-        let pem = pem::parse(text.trim()).map_err(|_| KeyError::NotPem)?;
+    pub fn from_pem(text: &str) -> Result<Self, SigningKeyError> {
+        let pem = pem::parse(text.trim()).map_err(|_| SigningKeyError::NotPem)?;
         if pem.tag() != "PRIVATE KEY" {
-            return Err(KeyError::NotEd25519Private);
+            return Err(SigningKeyError::NotEd25519Private);
         }
-        let pair =
-            Ed25519KeyPair::from_pkcs8_maybe_unchecked(pem.contents()).map_err(|_| KeyError::NotEd25519Private)?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pem.contents())
+            .map_err(|_| SigningKeyError::NotEd25519Private)?;
         let public: [u8; 32] = pair
             .public_key()
             .as_ref()
             .try_into()
-            .map_err(|_| KeyError::NotEd25519Private)?;
+            .map_err(|_| SigningKeyError::NotEd25519Private)?;
         Ok(Self {
             pkcs8_der: pem.contents().to_vec(),
             verifying: VerifyingKey::new(public),
@@ -133,8 +133,8 @@ impl SigningKey {
 }
 
 /// A key for `previous_keys`: a PKCS#8 private key or an SPKI public key (`-----BEGIN PUBLIC KEY-----`).
-pub fn verifying_key_from_pem(text: &str) -> Result<VerifyingKey, KeyError> {
-    let pem = pem::parse(text.trim()).map_err(|_| KeyError::NotPem)?;
+pub fn verifying_key_from_pem(text: &str) -> Result<VerifyingKey, SigningKeyError> {
+    let pem = pem::parse(text.trim()).map_err(|_| SigningKeyError::NotPem)?;
     match pem.tag() {
         "PRIVATE KEY" => Ok(SigningKey::from_pem(text)?.verifying),
         "PUBLIC KEY" => {
@@ -143,10 +143,10 @@ pub fn verifying_key_from_pem(text: &str) -> Result<VerifyingKey, KeyError> {
                 let public: [u8; 32] = der[12..].try_into().expect("32 bytes after the prefix");
                 Ok(VerifyingKey::new(public))
             } else {
-                Err(KeyError::NotEd25519)
+                Err(SigningKeyError::NotEd25519)
             }
         }
-        _ => Err(KeyError::NotEd25519),
+        _ => Err(SigningKeyError::NotEd25519),
     }
 }
 

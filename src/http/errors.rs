@@ -25,10 +25,10 @@ pub enum ApiError {
     BodyTooLarge,
     #[error("request headers over the limit")]
     HeadersTooLarge,
-    #[error("{0}")]
-    Unauthenticated(AuthError),
-    #[error("{0}")]
-    AccessDenied(Denied),
+    #[error("the caller is not authenticated")]
+    Unauthenticated(#[source] AuthError),
+    #[error("the caller may not have this")]
+    AccessDenied(#[source] Denied),
     #[error("cookie-authenticated request without the CSRF header")]
     CsrfHeaderMissing,
     #[error("over the request rate")]
@@ -40,8 +40,8 @@ pub enum ApiError {
     #[error("method not allowed")]
     /// With the methods the route does allow, e.g. "GET, POST".
     MethodNotAllowed(&'static str),
-    #[error("{0}")]
-    Upstream(Arc<UpstreamError>),
+    #[error("the token exchange failed")]
+    Upstream(#[source] Arc<UpstreamError>),
 }
 
 #[derive(Serialize)]

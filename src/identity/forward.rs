@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{AuthError, Gate, Identity, Method, Outcome};
 use crate::identity::config::ForwardSettings;
-use crate::outbound::{self, BodyError};
+use crate::outbound::{self, FetchError};
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const DECISIONS: u64 = 100_000;
@@ -73,9 +73,10 @@ impl ForwardAuthenticator {
                         if !gate.admit() {
                             return Err(AuthError::Throttled);
                         }
-                        self.ask(&cookies, authorization)
-                            .await
-                            .map_err(|_| AuthError::Unavailable)
+                        self.ask(&cookies, authorization).await.map_err(|error| {
+                            tracing::debug!(error = %error, "the session endpoint could not decide");
+                            AuthError::Unavailable
+                        })
                     })
                     .await
             }
@@ -109,7 +110,7 @@ impl ForwardAuthenticator {
         pairs.join("; ")
     }
 
-    async fn ask(&self, cookies: &str, authorization: Option<&str>) -> Result<Decision, &'static str> {
+    async fn ask(&self, cookies: &str, authorization: Option<&str>) -> Result<Decision, FetchError> {
         let mut request = self
             .http
             .get(self.settings.url.clone())
@@ -120,10 +121,7 @@ impl ForwardAuthenticator {
         if let Some(authorization) = authorization {
             request = request.header(AUTHORIZATION.as_str(), authorization);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|_| "the session endpoint could not be reached")?;
+        let response = request.send().await.map_err(FetchError::Transport)?;
         let status = response.status();
         // A redirect (to a login page, as many apps answer a stale session) is a refusal too.
         if status == 401 || status == 403 || status.is_redirection() {
@@ -131,15 +129,10 @@ impl ForwardAuthenticator {
         }
         if !status.is_success() {
             tracing::warn!(status = status.as_u16(), "the session endpoint answered an error");
-            return Err("the session endpoint answered an error");
+            return Err(FetchError::Status(status.as_u16()));
         }
-        let body = outbound::read_capped(response, MAX_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => "the session answer is over 64 KiB",
-                BodyError::Transport(_) => "the session answer broke off",
-            })?;
-        let json: Value = serde_json::from_slice(&body).map_err(|_| "the session answer is not JSON")?;
+        let body = outbound::read_capped(response, MAX_BODY_BYTES).await?;
+        let json: Value = serde_json::from_slice(&body).map_err(FetchError::Json)?;
         let Some(subject) = field(&json, &self.settings.subject_field).and_then(scalar_string) else {
             tracing::warn!(field = %self.settings.subject_field, "the session answer has no subject");
             return Ok(Decision::Refused);

@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::clock::{later, SharedClock};
 use crate::identity::config::JwtSettings;
-use crate::outbound::{self, BodyError};
+use crate::outbound::{self, FetchError};
 
 /// Unknown `kid`s re-fetch the key set at most this often.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -68,12 +68,36 @@ struct Refresh {
     generation: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyError {
+/// Why no key verifies a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLookupError {
     /// No key of that `kid` (and algorithm) is published.
+    #[error("no key of that kid and algorithm is published")]
     Unknown,
     /// The keys could never be fetched.
+    #[error("the issuer's keys could not be fetched")]
     Unavailable,
+}
+
+/// Why fetching an issuer's keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFetchError {
+    #[error("the {what}: {source}")]
+    Fetch {
+        what: &'static str,
+        #[source]
+        source: FetchError,
+    },
+    #[error("the discovery document's jwks_uri is not a URL")]
+    BadJwksUri(#[source] url::ParseError),
+    #[error("the discovery document's jwks_uri is not https:// (nor http:// on loopback)")]
+    InsecureJwksUri,
+}
+
+impl KeyFetchError {
+    fn of(what: &'static str) -> impl Fn(FetchError) -> Self {
+        move |source| Self::Fetch { what, source }
+    }
 }
 
 pub struct KeySource {
@@ -100,14 +124,18 @@ impl KeySource {
     }
 
     /// The keys that may verify a token with this `kid` and `alg`.
-    pub async fn keys_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<Arc<VerificationKey>>, KeyError> {
+    pub async fn keys_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Vec<Arc<VerificationKey>>, KeyLookupError> {
         let now = self.clock.now();
         let set = match self.snapshot() {
             Some(set) if now < later(set.fetched_at, set.max_age) => set,
             stale => {
                 let seen = stale.as_ref().map_or(0, |s| s.generation);
                 self.refetch(seen, false).await;
-                self.snapshot().ok_or(KeyError::Unavailable)?
+                self.snapshot().ok_or(KeyLookupError::Unavailable)?
             }
         };
         let found = matching(&set, kid, alg);
@@ -116,10 +144,10 @@ impl KeySource {
         }
         // An unknown key may be a rotation: look again, within the rate limit.
         self.refetch(set.generation, true).await;
-        let set = self.snapshot().ok_or(KeyError::Unavailable)?;
+        let set = self.snapshot().ok_or(KeyLookupError::Unavailable)?;
         let found = matching(&set, kid, alg);
         if found.is_empty() {
-            Err(KeyError::Unknown)
+            Err(KeyLookupError::Unknown)
         } else {
             Ok(found)
         }
@@ -166,7 +194,7 @@ impl KeySource {
             }
             Err(why) => {
                 refresh.failed_at = Some(self.clock.now());
-                tracing::warn!(issuer = %self.issuer, error = why, "could not fetch the issuer's keys; keeping the last good ones");
+                tracing::warn!(issuer = %self.issuer, error = %why, "could not fetch the issuer's keys; keeping the last good ones");
                 // Try again soon, not on every request: the old keys stay in service meanwhile.
                 if let Some(old) = self.snapshot() {
                     refresh.generation += 1;
@@ -181,7 +209,7 @@ impl KeySource {
         }
     }
 
-    async fn fetch(&self, refresh: &mut Refresh) -> Result<(Vec<Arc<VerificationKey>>, Duration), &'static str> {
+    async fn fetch(&self, refresh: &mut Refresh) -> Result<(Vec<Arc<VerificationKey>>, Duration), KeyFetchError> {
         let jwks_uri = match (&self.jwks_url, &refresh.jwks_uri) {
             (Some(url), _) | (None, Some(url)) => url.clone(),
             (None, None) => {
@@ -190,46 +218,50 @@ impl KeySource {
                 discovered
             }
         };
+        let jwks = KeyFetchError::of("JWKS");
         let response = self
             .http
             .get(jwks_uri)
             .send()
             .await
-            .map_err(|_| "the JWKS request failed")?;
+            .map_err(|e| jwks(FetchError::Transport(e)))?;
         if !response.status().is_success() {
-            return Err("the JWKS endpoint answered an error");
+            return Err(jwks(FetchError::Status(response.status().as_u16())));
         }
         let max_age = max_age(response.headers())
             .unwrap_or(self.default_max_age)
             .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
-        let body = read_capped(response).await?;
-        let keys = parse_jwks(&body)?;
+        let body = outbound::read_capped(response, MAX_BODY_BYTES).await.map_err(&jwks)?;
+        let keys = parse_jwks(&body).map_err(&jwks)?;
         Ok((keys, max_age))
     }
 
     /// OIDC Discovery 1.0 §4: the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
-    async fn discover(&self) -> Result<Url, &'static str> {
+    async fn discover(&self) -> Result<Url, KeyFetchError> {
         #[derive(Deserialize)]
         struct Metadata {
             jwks_uri: String,
         }
+        let discovery = KeyFetchError::of("discovery document");
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
         let response = self
             .http
             .get(url)
             .send()
             .await
-            .map_err(|_| "the discovery request failed")?;
+            .map_err(|e| discovery(FetchError::Transport(e)))?;
         if !response.status().is_success() {
-            return Err("the discovery document answered an error");
+            return Err(discovery(FetchError::Status(response.status().as_u16())));
         }
-        let body = read_capped(response).await?;
-        let metadata: Metadata = serde_json::from_slice(&body).map_err(|_| "the discovery document has no jwks_uri")?;
-        let url = Url::parse(&metadata.jwks_uri).map_err(|_| "the discovery document's jwks_uri is not a URL")?;
+        let body = outbound::read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(&discovery)?;
+        let metadata: Metadata = serde_json::from_slice(&body).map_err(|e| discovery(FetchError::Json(e)))?;
+        let url = Url::parse(&metadata.jwks_uri).map_err(KeyFetchError::BadJwksUri)?;
         if outbound::is_secure_url(&url) {
             Ok(url)
         } else {
-            Err("the discovery document's jwks_uri is not https://")
+            Err(KeyFetchError::InsecureJwksUri)
         }
     }
 }
@@ -241,15 +273,6 @@ fn matching(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Vec<Arc<Verifica
         .filter(|k| k.kty.fits(alg) && k.alg.is_none_or(|a| a == alg))
         .cloned()
         .collect()
-}
-
-async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, &'static str> {
-    outbound::read_capped(response, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge => "the key document is over 256 KiB",
-            BodyError::Transport(_) => "the key request broke off",
-        })
 }
 
 /// `Cache-Control: max-age=N` (RFC 9111 §5.2.2.1).
@@ -264,12 +287,12 @@ fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// The signing keys of a JWKS (RFC 7517 §5); keys of other types or uses are skipped one by one.
-fn parse_jwks(body: &[u8]) -> Result<Vec<Arc<VerificationKey>>, &'static str> {
+fn parse_jwks(body: &[u8]) -> Result<Vec<Arc<VerificationKey>>, FetchError> {
     #[derive(Deserialize)]
     struct Jwks {
         keys: Vec<serde_json::Value>,
     }
-    let jwks: Jwks = serde_json::from_slice(body).map_err(|_| "the JWKS is not a key set")?;
+    let jwks: Jwks = serde_json::from_slice(body).map_err(FetchError::Json)?;
     let keys = jwks
         .keys
         .into_iter()

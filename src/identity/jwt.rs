@@ -16,7 +16,7 @@ use moka::future::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::jwks::{KeyError, KeySource};
+use super::jwks::{KeyLookupError, KeySource};
 use super::{bearer_token, AuthError, Gate, Identity, Method, Outcome};
 use crate::clock::SharedClock;
 use crate::identity::config::JwtSettings;
@@ -114,8 +114,8 @@ impl JwtAuthenticator {
             .keys_for(header.kid.as_deref(), alg)
             .await
             .map_err(|e| match e {
-                KeyError::Unknown => AuthError::Invalid,
-                KeyError::Unavailable => AuthError::Unavailable,
+                KeyLookupError::Unknown => AuthError::Invalid,
+                KeyLookupError::Unavailable => AuthError::Unavailable,
             })?;
         let mut validation = Validation::new(alg);
         validation.set_issuer(&self.settings.accepted_issuers);

@@ -81,6 +81,25 @@ impl fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 impl Problems {
+    /// A problem with a value that came from an environment variable names the variable: the
+    /// operator looks for it there, not in the file.
+    fn naming_variables(mut self, variables: &[String]) -> Self {
+        for problem in &mut self.0 {
+            let from_variable = variables.iter().find(|variable| {
+                let key = variable[ENV_PREFIX.len() + 2..].replace("__", ".").to_ascii_lowercase();
+                problem.key == key
+                    || problem
+                        .key
+                        .strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.starts_with(['.', '[']))
+            });
+            if let Some(variable) = from_variable {
+                problem.key = variable.clone();
+            }
+        }
+        self
+    }
+
     fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self(vec![Problem {
             key: key.into(),
@@ -109,7 +128,8 @@ impl Settings {
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let built = builder
+        let variables: Vec<String> = overrides.keys().cloned().collect();
+        let loaded = builder
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
@@ -117,11 +137,11 @@ impl Settings {
                     .source(Some(overrides)),
             )
             .build()
-            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
-        let raw: raw::Settings = built
-            .try_deserialize()
-            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)))?;
-        raw.validate(env)
+            .and_then(|built| built.try_deserialize::<raw::Settings>())
+            .map_err(|e| Problems::one(config_error_key(&e), config_error_message(e)));
+        loaded
+            .and_then(|raw| raw.validate(env))
+            .map_err(|problems| problems.naming_variables(&variables))
     }
 
     /// Parses TOML text directly (no environment overrides besides secrets), for tests and `demo`.

@@ -262,3 +262,31 @@ fn wildcard_and_null_origins_are_refused() {
         "http://localhost:5173"
     );
 }
+
+#[test]
+fn a_problem_in_an_environment_override_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let problems = Settings::load(
+        Some(&path),
+        &env(&[
+            ("TRIUMPH_SECRET", "s"),
+            ("TOKEN_BROKER__SERVER__LISTEN", "nonsense"),
+            (
+                "TOKEN_BROKER__UPSTREAMS__TRIUMPH__TOKEN_URL",
+                "http://auth.example.com/token",
+            ),
+        ]),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "TOKEN_BROKER__SERVER__LISTEN",
+            "TOKEN_BROKER__UPSTREAMS__TRIUMPH__TOKEN_URL"
+        ],
+        "{problems}"
+    );
+}

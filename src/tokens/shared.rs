@@ -59,6 +59,20 @@ pub enum Lock {
     Unavailable,
 }
 
+/// Why the shared tier cannot be set up (start-up only: a Redis that is down is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum SharedTierError {
+    /// The URL (its password redacted) or the CA certificates are not usable.
+    #[error("cache.redis.url {url}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cache.redis: {0}")]
+    Connect(#[source] redis::RedisError),
+}
+
 pub struct SharedTier {
     redis: ConnectionManager,
     /// The URL's password, kept only to keep it out of log lines.
@@ -89,15 +103,18 @@ pub fn redis_client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redi
 
 impl SharedTier {
     /// Connects lazily: a Redis that is down at start-up is retried on use, never fatal.
-    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis_client(&settings.url, settings.ca_pem.as_deref())
-            .map_err(|e| format!("cache.redis.url {}: {e}", redact_url_password(&settings.url)))?;
+    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, SharedTierError> {
+        let client =
+            redis_client(&settings.url, settings.ca_pem.as_deref()).map_err(|source| SharedTierError::Url {
+                url: redact_url_password(&settings.url),
+                source,
+            })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("cache.redis: {e}"))?;
+        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(SharedTierError::Connect)?;
         let key_id = hex::encode(
             &Sha256::digest([b"token-broker cache key id:".as_slice(), &settings.encryption_key].concat())[..4],
         );

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::error::{OAuthErrorCode, UpstreamError};
-use crate::outbound::{self, BodyError};
+use crate::outbound::{self, FetchError};
 use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
 use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
 
@@ -136,8 +136,8 @@ fn transport_error(error: reqwest::Error) -> UpstreamError {
 async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
     match outbound::read_capped(response, MAX_BODY_BYTES).await {
         Ok(body) => Ok(body),
-        Err(BodyError::TooLarge) => Err(UpstreamError::InvalidResponse("response body over 64 KiB")),
-        Err(BodyError::Transport(error)) => Err(transport_error(error)),
+        Err(FetchError::Transport(error)) => Err(transport_error(error)),
+        Err(_) => Err(UpstreamError::InvalidResponse("response body over 64 KiB")),
     }
 }
 
