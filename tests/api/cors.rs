@@ -1,8 +1,6 @@
 //! CORS: a strict allow-list, on successes, errors and preflights alike.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use wiremock::MockServer;
 
 const ALLOWED: &str = "https://app.example.com";

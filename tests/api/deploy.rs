@@ -2,15 +2,13 @@
 //! in front of the broker, and systemd-analyze checks the unit. scripts/test installs both tools;
 //! these tests fail, rather than skip, without them.
 
-mod helpers;
-
 use std::net::{IpAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use helpers::process::{write, BrokerProcess};
-use helpers::*;
+use crate::helpers::process::{write, BrokerProcess};
+use crate::helpers::*;
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -1,13 +1,11 @@
 //! Public access tokens: minted by the app's backend, exchanged by the browser, scoped by what they
 //! carry, verified by an independent JOSE implementation.
 
-mod helpers;
-
 use std::path::Path;
 use std::process::Command;
 
-use helpers::idp::now;
-use helpers::*;
+use crate::helpers::idp::now;
+use crate::helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use token_broker::public_tokens::SigningKey;

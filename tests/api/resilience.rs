@@ -1,13 +1,11 @@
 //! The broker under a failing token endpoint: what the browser gets, what the upstream gets.
 
-mod helpers;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::helpers::rogue::{self, Misbehaviour};
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::rogue::{self, Misbehaviour};
-use helpers::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};

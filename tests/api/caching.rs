@@ -1,11 +1,9 @@
 //! The caching rules of INTERFACE.md, counted at the mock token endpoint.
 
-mod helpers;
-
 use std::time::Duration;
 
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::*;
 use serde_json::Value;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -1,11 +1,9 @@
 //! Hostile inputs found by a security review, each reproduced against the running broker: the
 //! behaviour a caller (or an attacker) gets, and what reaches the token endpoint.
 
-mod helpers;
-
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -151,7 +149,7 @@ async fn a_token_wider_than_requested_is_refused_and_never_cached() {
 const CACHE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 
 /// The usual configuration with `audience` on `triumph` and a Redis tier.
-fn redis_config(token_url: &str, redis: &helpers::redis_server::RedisServer, audience: &str) -> String {
+fn redis_config(token_url: &str, redis: &crate::helpers::redis_server::RedisServer, audience: &str) -> String {
     format!(
         "{}\n[cache.redis]\nurl = \"{}\"\nencryption_key = \"{CACHE_KEY}\"\n",
         config(token_url, "client_secret_post").replacen(
@@ -181,8 +179,8 @@ async fn access_token(http: &reqwest::Client, base: &str) -> String {
 /// token back from Redis; two deployments sharing a Redis and key prefix saw each other's tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_bound_to_the_credentials_and_settings_they_were_fetched_with() {
-    use helpers::process::{write, BrokerProcess};
-    let redis = helpers::redis_server::RedisServer::start();
+    use crate::helpers::process::{write, BrokerProcess};
+    let redis = crate::helpers::redis_server::RedisServer::start();
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let token_url = format!("{}/token", upstream.uri());
     let dir = tempfile::tempdir().unwrap();
@@ -289,7 +287,7 @@ fn check_names_every_grant_that_must_say_whose_subjects_it_means() {
         "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"https://app.example.com/session\"\nforward_cookies = [\"sid\"]\n\n[[grants]]\nsubjects = [\"svc-backend\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n\n[[grants]]\ngroups = [\"staff\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n\n[[grants]]\nemail_domains = [\"corp.com\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
         config("https://auth.example.com/token", "client_secret_post"),
     );
-    let path = helpers::process::write(dir.path(), "broker.toml", &toml);
+    let path = crate::helpers::process::write(dir.path(), "broker.toml", &toml);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_token-broker"))
         .args(["check", "--config"])
         .arg(&path)
@@ -316,7 +314,7 @@ fn check_names_every_grant_that_must_say_whose_subjects_it_means() {
 /// they once received mail at; Google vouches for the address only within the `hd` domain.
 #[tokio::test]
 async fn a_google_address_counts_only_with_its_workspace_domain_or_at_gmail() {
-    use helpers::idp::{now, sign_as, Idp, AUDIENCE};
+    use crate::helpers::idp::{now, sign_as, Idp, AUDIENCE};
     use jsonwebtoken::Algorithm;
     let idp = Idp::start(&["rsa-a"], None).await;
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
@@ -442,8 +440,8 @@ async fn replacements_can_never_take_the_whole_hourly_quota() {
 /// once kept a cold request waiting about 12 s; now the wait is bounded by the upstream's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_by_someone_else_delays_a_cold_request_by_at_most_the_timeout() {
-    use helpers::process::{write, BrokerProcess};
-    let redis = helpers::redis_server::RedisServer::start();
+    use crate::helpers::process::{write, BrokerProcess};
+    let redis = crate::helpers::redis_server::RedisServer::start();
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = write(
@@ -555,7 +553,7 @@ fn a_session_endpoint_must_be_https_unless_on_loopback() {
 /// sits on that path could hand it keys that make any forged id_token verify.
 #[tokio::test]
 async fn keys_named_by_discovery_over_plain_http_are_not_fetched() {
-    use helpers::idp::{jwt_authenticator, Idp};
+    use crate::helpers::idp::{jwt_authenticator, Idp};
     let idp = Idp::start(&["rsa-a"], None).await;
     // An IPv4-mapped IPv6 address reaches the same server, but is not a loopback address by name.
     let port = idp.server.address().port();
@@ -571,7 +569,8 @@ async fn keys_named_by_discovery_over_plain_http_are_not_fetched() {
     Mock::given(method("GET"))
         .and(wiremock::matchers::path("/jwks"))
         .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({ "keys": [helpers::idp::jwk("rsa-a")] })),
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "keys": [crate::helpers::idp::jwk("rsa-a")] })),
         )
         .expect(0)
         .mount(&idp.server)
@@ -755,7 +754,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
 /// in turn; a failed fetch is now remembered and shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_key_fetch_is_shared_by_the_callers_waiting_for_it() {
-    use helpers::idp::{sign_as, AUDIENCE};
+    use crate::helpers::idp::{sign_as, AUDIENCE};
     use jsonwebtoken::Algorithm;
     let jwks = MockServer::start().await;
     Mock::given(method("GET"))
@@ -771,7 +770,7 @@ async fn a_failed_key_fetch_is_shared_by_the_callers_waiting_for_it() {
     );
     let app = TestApp::spawn(&toml).await;
     let forged = |n: u64| {
-        let claims = serde_json::json!({ "iss": issuer, "aud": AUDIENCE, "sub": format!("u{n}"), "exp": helpers::idp::now() + 600 });
+        let claims = serde_json::json!({ "iss": issuer, "aud": AUDIENCE, "sub": format!("u{n}"), "exp": crate::helpers::idp::now() + 600 });
         sign_as("rsa-a", Algorithm::RS256, Some("rsa-a"), &claims)
     };
     let started = std::time::Instant::now();
@@ -948,7 +947,7 @@ async fn a_scope_in_the_query_of_a_post_counts() {
 /// new credential is one verification, not fifty: the budget is not spent by genuine callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_first_requests_with_one_new_credential_is_not_throttled() {
-    use helpers::idp::{jwt_authenticator, Idp};
+    use crate::helpers::idp::{jwt_authenticator, Idp};
     let idp = Idp::start(&["rsa-a"], None).await;
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let toml = format!(

@@ -1,9 +1,7 @@
 //! What operators see on the admin listener and in the answers: metrics that count, readiness,
 //! request ids, trusted proxies, limits.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -1,11 +1,9 @@
 //! Forward-auth to the app's own session endpoint, and the CSRF header it requires.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -1,13 +1,11 @@
 //! The binary under signals: SIGTERM drains, SIGHUP reloads (or keeps the running configuration
 //! when the new file is broken), and every stderr line is JSON without a secret in it.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
-use helpers::idp::{jwt_authenticator, Idp};
-use helpers::process::{write, BrokerProcess};
-use helpers::*;
+use crate::helpers::idp::{jwt_authenticator, Idp};
+use crate::helpers::process::{write, BrokerProcess};
+use crate::helpers::*;
 use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer};

@@ -1,11 +1,9 @@
 //! What the broker sends to the token endpoint (RFC 6749 §4.4, §2.3.1) and how it reads the answer.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use base64::Engine;
-use helpers::*;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

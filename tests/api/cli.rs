@@ -93,7 +93,8 @@ fn environment_overrides_are_validated_with_the_file() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.starts_with("server.listen: "), "{stderr}");
+    // The problem names the variable the value came from (the structure issue asks for it).
+    assert!(stderr.starts_with("TOKEN_BROKER__SERVER__LISTEN: "), "{stderr}");
 }
 
 #[test]

@@ -1,13 +1,11 @@
 //! A canary secret, the API keys and the tokens never appear in a log line, even at trace level.
 //! This binary installs its own global subscriber, so it holds this one test.
 
-mod helpers;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::helpers::*;
 use base64::Engine;
-use helpers::*;
 use token_broker::settings::Settings;
 use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{body_string_contains, method};

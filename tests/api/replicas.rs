@@ -1,14 +1,12 @@
 //! Several broker processes sharing a real Redis: one upstream request between them, nothing
 //! readable in Redis, and no failed request when Redis freezes or dies.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::process::{write, BrokerProcess};
+use crate::helpers::redis_server::RedisServer;
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::process::{write, BrokerProcess};
-use helpers::redis_server::RedisServer;
-use helpers::*;
 use serde_json::Value;
 use wiremock::MockServer;
 

@@ -1,5 +1,4 @@
 //! Spawns the real broker on port 0 against a mock token endpoint, with a clock tests can advance.
-#![allow(dead_code)]
 
 pub mod idp;
 pub mod process;

@@ -1,13 +1,11 @@
 //! The `jwt` authenticator against a stand-in issuer: every forgery refused, keys rotated and
 //! re-fetched sparingly, Google's preset, and grants by verified email.
 
-mod helpers;
-
 use std::time::Duration;
 
+use crate::helpers::idp::*;
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::idp::*;
-use helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use wiremock::matchers::method;

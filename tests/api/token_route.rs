@@ -1,10 +1,8 @@
 //! The token route as the browser sees it: body, headers, errors, and what reaches the upstream.
 
-mod helpers;
-
 use std::time::Duration;
 
-use helpers::*;
+use crate::helpers::*;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};

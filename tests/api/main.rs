@@ -1,0 +1,24 @@
+//! The integration tests, one binary: each module a feature, driving the real broker (in process
+//! on port 0, or the binary itself) against real or stand-in servers on loopback. One binary links
+//! the dependency tree once instead of once per file.
+
+mod helpers;
+
+mod browser;
+mod caching;
+mod cli;
+mod cors;
+mod deploy;
+mod hardening;
+mod identity_forward;
+mod identity_jwt;
+mod interop_oidc_provider;
+mod lifecycle;
+mod no_secrets_in_logs;
+mod operations;
+mod public_tokens;
+mod replicas;
+mod resilience;
+mod structure;
+mod token_route;
+mod upstream_exchange;
