@@ -22,7 +22,7 @@ use crate::public_tokens::PublicTokens;
 use crate::routes;
 use crate::settings::{Env, Settings};
 use crate::state::{AppState, Broker};
-use crate::tokens::{SharedTier, TokenCache};
+use crate::tokens::{SharedStore, SharedTier, TokenCache};
 use crate::upstream::{TokenClient, Upstream};
 
 /// The process state for `settings`: the token cache (with its Redis tier), metrics, and the
@@ -30,8 +30,10 @@ use crate::upstream::{TokenClient, Upstream};
 fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
     let metrics = Arc::new(Metrics::new());
     let http = TokenClient::http_client();
-    let shared = match &settings.cache.redis {
-        Some(redis) => Some(SharedTier::new(redis, metrics.clone()).map_err(std::io::Error::other)?),
+    let shared: Option<Arc<dyn SharedStore>> = match &settings.cache.redis {
+        Some(redis) => Some(Arc::new(
+            SharedTier::new(redis, metrics.clone()).map_err(std::io::Error::other)?,
+        )),
         None => None,
     };
     let tokens = TokenCache::new(

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::key::CacheKey;
-use super::shared::{Lock, SharedTier, StoredToken};
+use super::store::{Lock, SharedStore, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::scope::{join_scopes, ScopeSet};
@@ -227,7 +227,7 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
 pub struct TokenCache {
     entries: Cache<CacheKey, Arc<CachedToken>>,
     /// The Redis tier shared with other replicas, when configured.
-    shared: Option<Arc<SharedTier>>,
+    shared: Option<Arc<dyn SharedStore>>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Milliseconds; changes on reload.
@@ -240,7 +240,7 @@ impl TokenCache {
         metrics: Arc<Metrics>,
         max_entries: u64,
         refresh_skew: Duration,
-        shared: Option<SharedTier>,
+        shared: Option<Arc<dyn SharedStore>>,
     ) -> Self {
         Self {
             entries: Cache::builder()
@@ -248,7 +248,7 @@ impl TokenCache {
                 .expire_after(ServedLife)
                 .support_invalidation_closures()
                 .build(),
-            shared: shared.map(Arc::new),
+            shared,
             clock,
             metrics,
             refresh_skew_ms: Arc::new(AtomicU64::new(refresh_skew.as_millis() as u64)),
@@ -383,13 +383,18 @@ impl TokenCache {
     }
 
     /// A still-servable token another replica stored, if any.
-    /// A one-off check of the shared tier, when there is one (see [`SharedTier::probe`]).
+    /// A one-off check of the shared tier, when there is one (see [`SharedStore::probe`]).
     pub fn probe_shared(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         self.shared.as_ref().map(|shared| shared.probe())
     }
 
     /// A still-servable token another replica stored, unless it is `rejected`.
-    async fn adopt(&self, shared: &SharedTier, key: &CacheKey, rejected: Option<&str>) -> Option<Arc<CachedToken>> {
+    async fn adopt(
+        &self,
+        shared: &dyn SharedStore,
+        key: &CacheKey,
+        rejected: Option<&str>,
+    ) -> Option<Arc<CachedToken>> {
         let stored = shared.read(key).await?;
         let (now, now_ms) = self.now();
         let token = CachedToken::from_shared(stored, now, now_ms)?;
@@ -400,7 +405,7 @@ impl TokenCache {
         Some(Arc::new(token))
     }
 
-    async fn publish(&self, shared: &SharedTier, key: &CacheKey, token: &CachedToken) {
+    async fn publish(&self, shared: &dyn SharedStore, key: &CacheKey, token: &CachedToken) {
         let ttl = token.serve_until.saturating_duration_since(self.clock.now());
         shared.write(key, &token.stored(), ttl).await;
     }
@@ -416,7 +421,7 @@ impl TokenCache {
         purpose: Purpose,
         rejected: Option<&str>,
     ) -> Result<Arc<CachedToken>, UpstreamError> {
-        let Some(shared) = &self.shared else {
+        let Some(shared) = self.shared.as_deref() else {
             return self.fetch(upstream, key, purpose).await;
         };
         if let Some(token) = self.adopt(shared, key, rejected).await {
@@ -462,7 +467,7 @@ impl TokenCache {
         let cache = self.clone();
         tokio::spawn(async move {
             let mut lock = None;
-            if let Some(shared) = &cache.shared {
+            if let Some(shared) = cache.shared.as_deref() {
                 if let Some(newer) = cache.adopt(shared, &key, None).await {
                     if newer.fetched_at_ms > current.fetched_at_ms {
                         cache.entries.insert(key, newer).await;
@@ -483,7 +488,7 @@ impl TokenCache {
             }
             match cache.fetch(&upstream, &key, Purpose::Serve).await {
                 Ok(fresh) => {
-                    if let Some(shared) = &cache.shared {
+                    if let Some(shared) = cache.shared.as_deref() {
                         cache.publish(shared, &key, &fresh).await;
                     }
                     cache.entries.insert(key.clone(), fresh).await;
@@ -498,7 +503,7 @@ impl TokenCache {
                     current.refresh_failed(cache.clock.now());
                 }
             }
-            if let (Some(shared), Some(owner)) = (&cache.shared, lock) {
+            if let (Some(shared), Some(owner)) = (cache.shared.as_deref(), lock) {
                 shared.unlock(&key, &owner).await;
             }
         });
@@ -519,3 +524,7 @@ impl TokenCache {
             .await;
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

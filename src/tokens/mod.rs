@@ -5,7 +5,9 @@ mod cache;
 pub mod config;
 mod key;
 mod shared;
+mod store;
 
 pub use cache::{CachedToken, ReplaceError, Served, TokenCache};
 pub use key::CacheKey;
-pub use shared::{redis_client, SharedTier};
+pub use shared::{redis_client, SharedTier, SharedTierError};
+pub use store::{Lock, SharedStore, StoredToken};

@@ -17,47 +17,18 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
 use super::key::CacheKey;
+use super::store::{Lock, SharedStore, StoredToken};
 use crate::metrics::Metrics;
 use crate::scope::join_scopes;
 use crate::tokens::config::{redact_url_password, RedisSettings};
 
 const NONCE_LEN: usize = 12;
-
-/// A token as replicas share it. Times are wall-clock milliseconds since the Unix epoch.
-/// Its `Debug` leaves the token out.
-#[derive(Serialize, Deserialize)]
-pub struct StoredToken {
-    pub access_token: String,
-    pub scope: String,
-    pub lifetime_ms: u64,
-    pub fetched_at_ms: u64,
-    pub serve_until_ms: u64,
-}
-
-impl std::fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredToken")
-            .field("access_token", &"[redacted]")
-            .field("scope", &self.scope)
-            .field("lifetime_ms", &self.lifetime_ms)
-            .field("fetched_at_ms", &self.fetched_at_ms)
-            .field("serve_until_ms", &self.serve_until_ms)
-            .finish()
-    }
-}
-
-pub enum Lock {
-    /// This replica may fetch; release with the owner value.
-    Acquired(String),
-    /// Another replica is fetching.
-    Held,
-    /// Redis did not answer: fetch without coordination.
-    Unavailable,
-}
 
 /// Why the shared tier cannot be set up (start-up only: a Redis that is down is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +131,7 @@ impl SharedTier {
     /// Checks once that Redis answers, and warns when it does not. Failures while serving are
     /// counted (`shared_cache_errors`) and logged at debug level only, so a wrong address,
     /// password or CA certificate would otherwise pass unnoticed at start-up.
-    pub fn probe(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn check_once(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut connection = self.redis.clone();
         let within = self.timeout.max(Duration::from_secs(5));
         let password = self.password.clone();
@@ -201,10 +172,15 @@ impl SharedTier {
         }
     }
 
-    pub async fn read(&self, key: &CacheKey) -> Option<StoredToken> {
+    async fn get(&self, key: &CacheKey) -> Option<StoredToken> {
         let redis_key = self.entry_key(key);
         let bytes: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&redis_key).clone()).await?;
-        let bytes = bytes?;
+        self.open(&redis_key, &bytes?)
+    }
+
+    /// The token sealed in `bytes` under `redis_key`; `None` when it does not decrypt or parse
+    /// (another key, another Redis key, tampering, an older format).
+    fn open(&self, redis_key: &str, bytes: &[u8]) -> Option<StoredToken> {
         if bytes.len() <= NONCE_LEN {
             return None;
         }
@@ -226,13 +202,23 @@ impl SharedTier {
         serde_json::from_slice(&plain).ok()
     }
 
-    /// Stores `token` for `ttl` (its remaining served life).
-    pub async fn write(&self, key: &CacheKey, token: &StoredToken, ttl: Duration) {
+    async fn set(&self, key: &CacheKey, token: &StoredToken, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
         let redis_key = self.entry_key(key);
-        let plain = serde_json::to_vec(token).expect("a stored token serializes");
+        let Some(value) = self.seal(&redis_key, token) else {
+            return;
+        };
+        let px = ttl.as_millis().max(1) as u64;
+        let _: Option<()> = self
+            .run(redis::cmd("SET").arg(&redis_key).arg(value).arg("PX").arg(px).clone())
+            .await;
+    }
+
+    /// `token` encrypted under a random nonce, `redis_key` bound in as associated data.
+    fn seal(&self, redis_key: &str, token: &StoredToken) -> Option<Vec<u8>> {
+        let plain = serde_json::to_vec(token).ok()?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -244,27 +230,12 @@ impl SharedTier {
                     aad: redis_key.as_bytes(),
                 },
             )
-            .expect("AES-GCM encrypts any message of this size");
-        let value = [nonce.as_slice(), &sealed].concat();
-        let px = ttl.as_millis().max(1) as u64;
-        let _: Option<()> = self
-            .run(redis::cmd("SET").arg(&redis_key).arg(value).arg("PX").arg(px).clone())
-            .await;
-    }
-
-    /// Removes the entry for `key` if it still holds `access_token` (reported as rejected).
-    pub async fn remove_if(&self, key: &CacheKey, access_token: &str) {
-        if self
-            .read(key)
-            .await
-            .is_some_and(|stored| stored.access_token == access_token)
-        {
-            let _: Option<i64> = self.run(redis::cmd("DEL").arg(self.entry_key(key)).clone()).await;
-        }
+            .ok()?;
+        Some([nonce.as_slice(), &sealed].concat())
     }
 
     /// Tries to become the one replica that fetches `key`, for at most `ttl`.
-    pub async fn lock(&self, key: &CacheKey, ttl: Duration) -> Lock {
+    async fn lock(&self, key: &CacheKey, ttl: Duration) -> Lock {
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let command = redis::cmd("SET")
             .arg(self.lock_key(key))
@@ -281,14 +252,14 @@ impl SharedTier {
     }
 
     /// Whether some replica holds the lock for `key` (`None`: Redis did not answer).
-    pub async fn is_locked(&self, key: &CacheKey) -> Option<bool> {
+    async fn is_locked(&self, key: &CacheKey) -> Option<bool> {
         self.run::<i64>(redis::cmd("EXISTS").arg(self.lock_key(key)).clone())
             .await
             .map(|n| n > 0)
     }
 
     /// Releases the lock if this replica still owns it.
-    pub async fn unlock(&self, key: &CacheKey, owner: &str) {
+    async fn unlock(&self, key: &CacheKey, owner: &str) {
         let mut connection = self.redis.clone();
         let mut invocation = self.release.key(self.lock_key(key));
         invocation.arg(owner);
@@ -299,24 +270,101 @@ impl SharedTier {
     }
 }
 
+impl SharedStore for SharedTier {
+    fn read<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<StoredToken>> {
+        self.get(key).boxed()
+    }
+
+    fn write<'a>(&'a self, key: &'a CacheKey, token: &'a StoredToken, ttl: Duration) -> BoxFuture<'a, ()> {
+        self.set(key, token, ttl).boxed()
+    }
+
+    fn lock<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> BoxFuture<'a, Lock> {
+        SharedTier::lock(self, key, ttl).boxed()
+    }
+
+    fn is_locked<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<bool>> {
+        SharedTier::is_locked(self, key).boxed()
+    }
+
+    fn unlock<'a>(&'a self, key: &'a CacheKey, owner: &'a str) -> BoxFuture<'a, ()> {
+        SharedTier::unlock(self, key, owner).boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, ()> {
+        self.check_once().boxed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::{Scope, ScopeSet};
+    use crate::tokens::config::RedisSettings;
+    use crate::upstream::config::CredentialFingerprint;
 
-    #[test]
-    fn a_stored_token_never_shows_its_token_in_debug_output() {
-        let stored = StoredToken {
+    fn tier(encryption_key: [u8; 32]) -> SharedTier {
+        let settings = RedisSettings {
+            url: "redis://:password@127.0.0.1:1/0".into(),
+            ca_pem: None,
+            key_prefix: "tb:".into(),
+            encryption_key,
+            timeout: Duration::from_millis(50),
+        };
+        SharedTier::new(&settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn key(credentials: u8, scopes: &[&str]) -> CacheKey {
+        CacheKey {
+            upstream: "triumph".into(),
+            credentials: CredentialFingerprint([credentials; 32]),
+            scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect::<ScopeSet>(),
+        }
+    }
+
+    fn stored() -> StoredToken {
+        StoredToken {
             access_token: "canary-access-token".into(),
             scope: "reports:read".into(),
-            lifetime_ms: 1,
-            fetched_at_ms: 2,
-            serve_until_ms: 3,
-        };
-        let debug = format!("{stored:?}");
-        assert!(!debug.contains("canary-access-token"), "{debug}");
-        assert!(
-            debug.contains("reports:read") && debug.contains("[redacted]"),
-            "{debug}"
+            lifetime_ms: 3_600_000,
+            fetched_at_ms: 1_000,
+            serve_until_ms: 3_541_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sealed_token_opens_under_its_own_key_only() {
+        let tier = tier([7; 32]);
+        let name = tier.entry_key(&key(1, &["reports:read"]));
+        let sealed = tier.seal(&name, &stored()).unwrap();
+        assert!(!sealed.windows(19).any(|w| w == b"canary-access-token"), "encrypted");
+        let opened = tier.open(&name, &sealed).expect("opens");
+        assert_eq!(opened.access_token, "canary-access-token");
+        assert_eq!(opened.serve_until_ms, 3_541_000);
+
+        // Moved to another key's name, tampered with, or read with another encryption key: ignored.
+        let other_name = tier.entry_key(&key(1, &["reports:write"]));
+        assert!(tier.open(&other_name, &sealed).is_none());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(tier.open(&name, &tampered).is_none());
+        assert!(tier.open(&name, &sealed[..8]).is_none());
+        assert!(self::tier([8; 32]).open(&name, &sealed).is_none());
+    }
+
+    #[tokio::test]
+    async fn redis_names_reveal_nothing_and_follow_credentials_and_the_encryption_key() {
+        let tier = tier([7; 32]);
+        let name = tier.entry_key(&key(1, &["reports:read"]));
+        assert!(name.starts_with("tb:") && name.contains(":token:"), "{name}");
+        assert!(!name.contains("triumph") && !name.contains("reports"), "{name}");
+        assert_eq!(name, tier.entry_key(&key(1, &["reports:read"])), "stable");
+        assert_ne!(name, tier.entry_key(&key(2, &["reports:read"])), "other credentials");
+        assert_ne!(name, self::tier([8; 32]).entry_key(&key(1, &["reports:read"])));
+        assert_eq!(
+            tier.lock_key(&key(1, &["reports:read"])),
+            name.replace(":token:", ":lock:"),
+            "the lock is named after its entry"
         );
     }
 }

@@ -1,0 +1,227 @@
+//! The cache on a manual clock, against a stand-in token endpoint and an in-memory shared tier.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+use crate::scope::Scope;
+use crate::upstream::TokenClient;
+
+/// Issues `token-1`, `token-2`, … living `expires_in` seconds.
+struct Issue {
+    issued: Arc<AtomicUsize>,
+    expires_in: u64,
+}
+
+impl Respond for Issue {
+    fn respond(&self, _request: &Request) -> ResponseTemplate {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({ "access_token": format!("token-{n}"), "expires_in": self.expires_in }))
+            .set_delay(Duration::from_millis(50))
+    }
+}
+
+struct Fixture {
+    _server: MockServer,
+    issued: Arc<AtomicUsize>,
+    upstream: Arc<Upstream>,
+    clock: Arc<ManualClock>,
+    cache: TokenCache,
+    scopes: ScopeSet,
+}
+
+async fn fixture(expires_in: u64, shared: Option<Arc<dyn SharedStore>>) -> Fixture {
+    let server = MockServer::start().await;
+    let issued = Arc::new(AtomicUsize::new(0));
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(Issue {
+            issued: issued.clone(),
+            expires_in,
+        })
+        .mount(&server)
+        .await;
+    let toml = format!(
+        "[upstreams.u]\ntoken_url = \"{}/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\nscopes = [\"r\"]\ntimeout = \"1s\"\n\
+         [[authenticators]]\ntype = \"api_key\"\nkeys = [{{ id = \"k\", hash = \"sha256:{}\", subject = \"s\" }}]\n",
+        server.uri(),
+        "0".repeat(64),
+    );
+    let settings = crate::settings::Settings::from_toml(&toml, &Default::default()).unwrap();
+    let clock = ManualClock::new();
+    let metrics = Arc::new(Metrics::new());
+    let client = TokenClient::new(TokenClient::http_client(), Duration::from_secs(300));
+    let upstream = Arc::new(Upstream::new(
+        settings.upstreams["u"].clone(),
+        client,
+        clock.clone(),
+        metrics.clone(),
+    ));
+    let cache = TokenCache::new(clock.clone(), metrics, 100, Duration::from_secs(60), shared);
+    Fixture {
+        _server: server,
+        issued,
+        upstream,
+        clock,
+        cache,
+        scopes: [Scope::parse("r").unwrap()].into(),
+    }
+}
+
+impl Fixture {
+    async fn token(&self) -> (String, bool) {
+        let served = self.cache.get(&self.upstream, &self.scopes).await.unwrap();
+        (served.token.access_token.expose_secret().to_string(), served.cache_hit)
+    }
+
+    fn fetches(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_one_key_make_one_fetch() {
+    let f = fixture(3600, None).await;
+    let tokens = join_all((0..20).map(|_| f.token())).await;
+    assert!(tokens.iter().all(|(t, _)| t == "token-1"));
+    assert_eq!(tokens.iter().filter(|(_, hit)| !hit).count(), 1, "one caller fetched");
+    assert_eq!(f.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_token_is_served_until_its_served_life_ends_then_fetched_anew() {
+    // 100 s of life: served for 100 − min(60, 100/4) = 75 s.
+    let f = fixture(100, None).await;
+    assert_eq!(f.token().await, ("token-1".into(), false));
+    f.clock.advance(Duration::from_secs(40));
+    assert_eq!(f.token().await, ("token-1".into(), true));
+    let served = f.cache.get(&f.upstream, &f.scopes).await.unwrap();
+    assert_eq!(
+        served.expires_in.as_secs(),
+        34,
+        "counts down to the end of the served life"
+    );
+    f.clock.advance(Duration::from_secs(36));
+    assert_eq!(f.token().await, ("token-2".into(), false));
+    assert_eq!(f.fetches(), 2);
+}
+
+#[tokio::test]
+async fn once_most_of_its_life_has_passed_a_token_is_refreshed_in_the_background() {
+    let f = fixture(100, None).await;
+    f.token().await;
+    // 80% ± 5% of 75 s is at most 63.75 s; the caller still gets the current token at once.
+    f.clock.advance(Duration::from_secs(65));
+    assert_eq!(f.token().await, ("token-1".into(), true));
+    for _ in 0..100 {
+        if f.fetches() == 2 && f.token().await.0 == "token-2" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no background refresh: {} fetches", f.fetches());
+}
+
+/// An in-memory shared tier: what another replica stored, and a lock someone may hold.
+#[derive(Default)]
+struct MemoryStore {
+    entries: Mutex<HashMap<CacheKey, StoredToken>>,
+    lock_held_by_another: bool,
+    writes: AtomicUsize,
+}
+
+impl SharedStore for MemoryStore {
+    fn read<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<StoredToken>> {
+        let found = self.entries.lock().get(key).cloned();
+        async move { found }.boxed()
+    }
+
+    fn write<'a>(&'a self, key: &'a CacheKey, token: &'a StoredToken, _ttl: Duration) -> BoxFuture<'a, ()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.entries.lock().insert(key.clone(), token.clone());
+        async {}.boxed()
+    }
+
+    fn lock<'a>(&'a self, _key: &'a CacheKey, _ttl: Duration) -> BoxFuture<'a, Lock> {
+        let lock = if self.lock_held_by_another {
+            Lock::Held
+        } else {
+            Lock::Acquired("me".into())
+        };
+        async move { lock }.boxed()
+    }
+
+    fn is_locked<'a>(&'a self, _key: &'a CacheKey) -> BoxFuture<'a, Option<bool>> {
+        let held = self.lock_held_by_another;
+        async move { Some(held) }.boxed()
+    }
+
+    fn unlock<'a>(&'a self, _key: &'a CacheKey, _owner: &'a str) -> BoxFuture<'a, ()> {
+        async {}.boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, ()> {
+        async {}.boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_token_another_replica_stored_is_adopted_without_a_fetch() {
+    let store = Arc::new(MemoryStore::default());
+    let f = fixture(3600, Some(store.clone())).await;
+    let now_ms = f.clock.unix_now_millis();
+    store.entries.lock().insert(
+        CacheKey::new(&f.upstream, &f.scopes),
+        StoredToken {
+            access_token: "from-another-replica".into(),
+            scope: "r".into(),
+            lifetime_ms: 3_600_000,
+            fetched_at_ms: now_ms - 10_000,
+            serve_until_ms: now_ms + 3_530_000,
+        },
+    );
+    assert_eq!(f.token().await.0, "from-another-replica");
+    assert_eq!(f.fetches(), 0);
+    let served = f.cache.get(&f.upstream, &f.scopes).await.unwrap();
+    assert_eq!(
+        served.expires_in.as_secs(),
+        3_529,
+        "its served life as the other replica set it"
+    );
+}
+
+#[tokio::test]
+async fn a_token_fetched_here_is_published_for_the_other_replicas() {
+    let store = Arc::new(MemoryStore::default());
+    let f = fixture(3600, Some(store.clone())).await;
+    assert_eq!(f.token().await.0, "token-1");
+    let stored = store
+        .entries
+        .lock()
+        .get(&CacheKey::new(&f.upstream, &f.scopes))
+        .cloned();
+    assert_eq!(stored.map(|s| s.access_token).as_deref(), Some("token-1"));
+    assert_eq!(store.writes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_lock_held_elsewhere_is_waited_for_at_most_the_upstream_timeout() {
+    let store = Arc::new(MemoryStore {
+        lock_held_by_another: true,
+        ..Default::default()
+    });
+    let f = fixture(3600, Some(store)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(f.token().await.0, "token-1");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1_800),
+        "{waited:?}"
+    );
+    assert_eq!(f.fetches(), 1);
+}
