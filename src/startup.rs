@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpServer};
 use crate::clock::{SharedClock, SystemClock};
 use crate::http::auth_failures::AuthFailureLimit;
 use crate::http::cors::CorsPolicy;
+use crate::http::errors::ApiError;
 use crate::http::forwarded::TrustedProxies;
 use crate::http::middleware;
 use crate::http::rate_limit::IdentityRateLimit;
@@ -200,6 +201,9 @@ impl Application {
                 .configure(routes::token::configure)
                 .configure(routes::client_js::configure)
                 .configure(routes::public_tokens::configure)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
+                }))
         })
         .workers(workers)
         .shutdown_timeout(grace)

@@ -35,6 +35,9 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("unknown upstream")]
     UnknownUpstream,
+    /// No route of that path.
+    #[error("not found")]
+    NotFound,
     #[error("{0}")]
     NotConfigured(&'static str),
     #[error("method not allowed")]
@@ -75,6 +78,7 @@ impl ApiError {
                 ("rate_limited", "too many requests; slow down".into())
             }
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
+            Self::NotFound => ("not_found", "no such route".into()),
             Self::NotConfigured(what) => ("not_found", (*what).into()),
             Self::MethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
             Self::Upstream(error) => match error.as_ref() {
@@ -128,7 +132,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(AuthError::Throttled) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) | Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
-            Self::UnknownUpstream | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
+            Self::UnknownUpstream | Self::NotFound | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
