@@ -37,41 +37,7 @@ pub(super) fn validate(
                 "a grant must name subjects, emails, email_domains or groups",
             );
         }
-        match &raw.authenticators {
-            Some(names) => {
-                if names.is_empty() {
-                    check.problem(key("authenticators"), "must name at least one authenticator");
-                }
-                for (j, name) in names.iter().enumerate() {
-                    if authenticators
-                        .iter()
-                        .any(|a| &*a.name == name && matches!(a.settings, AuthenticatorSettings::PublicToken))
-                    {
-                        check.problem(
-                            format!("grants[{i}].authenticators[{j}]"),
-                            format!("`{name}` is a public_token authenticator: its tokens carry their own scopes and never match grants"),
-                        );
-                    } else if !grantable.contains(&name.as_str()) {
-                        check.problem(
-                            format!("grants[{i}].authenticators[{j}]"),
-                            format!("no authenticator named `{name}` (names: {})", grantable.join(", ")),
-                        );
-                    }
-                }
-            }
-            None if (!raw.subjects.is_empty() || !raw.groups.is_empty()) && grantable.len() > 1 => check.problem(
-                key("authenticators"),
-                format!(
-                    "this grant names subjects or groups, and {} authenticators could have vouched for them ({}): \
-                     list the ones it means, e.g. authenticators = [\"{}\"]. Since subjects are namespaced \
-                     by authenticator, a grant without this key is valid only while one authenticator is configured",
-                    grantable.len(),
-                    grantable.join(", "),
-                    grantable[0],
-                ),
-            ),
-            None => {}
-        }
+        validate_whose(check, i, raw, authenticators, &grantable);
         let mut granted = BTreeMap::new();
         for (upstream, scopes) in &raw.upstreams {
             let scope_key = key(&format!("upstreams.{upstream}"));
@@ -102,4 +68,51 @@ pub(super) fn validate(
         });
     }
     grants
+}
+
+/// `grants[i].authenticators`: known names that can match grants, and present wherever subjects or
+/// groups could otherwise come from more than one authenticator.
+fn validate_whose(
+    check: &mut Check,
+    i: usize,
+    raw: &raw::Grant,
+    authenticators: &[NamedAuthenticator],
+    grantable: &[&str],
+) {
+    let key = |field: &str| format!("grants[{i}].{field}");
+    match &raw.authenticators {
+        Some(names) => {
+            if names.is_empty() {
+                check.problem(key("authenticators"), "must name at least one authenticator");
+            }
+            for (j, name) in names.iter().enumerate() {
+                if authenticators
+                    .iter()
+                    .any(|a| &*a.name == name && matches!(a.settings, AuthenticatorSettings::PublicToken))
+                {
+                    check.problem(
+                        format!("grants[{i}].authenticators[{j}]"),
+                        format!("`{name}` is a public_token authenticator: its tokens carry their own scopes and never match grants"),
+                    );
+                } else if !grantable.contains(&name.as_str()) {
+                    check.problem(
+                        format!("grants[{i}].authenticators[{j}]"),
+                        format!("no authenticator named `{name}` (names: {})", grantable.join(", ")),
+                    );
+                }
+            }
+        }
+        None if (!raw.subjects.is_empty() || !raw.groups.is_empty()) && grantable.len() > 1 => check.problem(
+            key("authenticators"),
+            format!(
+                "this grant names subjects or groups, and {} authenticators could have vouched for them ({}): \
+                 list the ones it means, e.g. authenticators = [\"{}\"]. Since subjects are namespaced \
+                 by authenticator, a grant without this key is valid only while one authenticator is configured",
+                grantable.len(),
+                grantable.join(", "),
+                grantable[0],
+            ),
+        ),
+        None => {}
+    }
 }
