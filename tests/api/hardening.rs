@@ -654,6 +654,30 @@ async fn the_admin_token_guards_metrics_but_not_the_probes() {
     }
 }
 
+/// The usual configuration plus a forward authenticator asking `session`, with a budget of
+/// `failures_per_minute` failed authentications per address.
+fn with_session_endpoint(upstream: &MockServer, session: &MockServer, failures_per_minute: u32) -> String {
+    format!(
+        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post").replace(
+            "workers = 2",
+            &format!("workers = 2\nauth_failures_per_minute = {failures_per_minute}")
+        ),
+        session.uri(),
+    )
+}
+
+/// A guessed session cookie, number `n`, from `client`.
+async fn guess(client: &reqwest::Client, app: &TestApp, n: usize) -> reqwest::Response {
+    client
+        .get(app.token_url("triumph"))
+        .header("Cookie", format!("sid=guess-{n}"))
+        .header("X-Requested-With", "x")
+        .send()
+        .await
+        .unwrap()
+}
+
 fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(ip.parse::<std::net::IpAddr>().unwrap())
@@ -671,30 +695,18 @@ async fn failed_authentications_are_limited_per_address_before_any_work() {
         .respond_with(ResponseTemplate::new(401))
         .mount(&session)
         .await;
-    let toml = format!(
-        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
-        config(&format!("{}/token", upstream.uri()), "client_secret_post")
-            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
-        session.uri(),
-    );
+    let toml = with_session_endpoint(&upstream, &session, 5);
     let app = TestApp::spawn(&toml).await;
     let attacker = client_from("127.0.0.3");
-    let with_cookie = |n: usize| {
-        attacker
-            .get(app.token_url("triumph"))
-            .header("Cookie", format!("sid=guess-{n}"))
-            .header("X-Requested-With", "x")
-            .send()
-    };
     for n in 0..5 {
         assert_eq!(
-            status_and_error(with_cookie(n).await.unwrap()).await,
+            status_and_error(guess(&attacker, &app, n).await).await,
             (401, "unauthenticated".into())
         );
     }
     assert_eq!(upstream_calls(&session).await, 5);
     for n in 5..15 {
-        let response = with_cookie(n).await.unwrap();
+        let response = guess(&attacker, &app, n).await;
         assert!(response.headers().contains_key("retry-after"));
         assert_eq!(status_and_error(response).await, (429, "rate_limited".into()));
     }
@@ -835,23 +847,12 @@ async fn guesses_a_session_endpoint_redirects_or_fails_on_are_limited_too() {
             .respond_with(ResponseTemplate::new(status).insert_header("Location", "/login"))
             .mount(&session)
             .await;
-        let toml = format!(
-            "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
-            config(&format!("{}/token", upstream.uri()), "client_secret_post")
-                .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
-            session.uri(),
-        );
+        let toml = with_session_endpoint(&upstream, &session, 5);
         let app = TestApp::spawn(&toml).await;
         let attacker = client_from("127.0.0.5");
         let mut statuses = Vec::new();
         for n in 0..12 {
-            let response = attacker
-                .get(app.token_url("triumph"))
-                .header("Cookie", format!("sid=guess-{n}"))
-                .header("X-Requested-With", "x")
-                .send()
-                .await
-                .unwrap();
+            let response = guess(&attacker, &app, n).await;
             statuses.push(response.status().as_u16());
         }
         assert_eq!(statuses[..5], [broker_answer; 5], "session endpoint answering {status}");
@@ -870,23 +871,11 @@ async fn concurrent_guesses_cannot_outrun_the_failure_budget() {
         .respond_with(ResponseTemplate::new(401).set_delay(Duration::from_millis(500)))
         .mount(&session)
         .await;
-    let toml = format!(
-        "{}\n[[authenticators]]\ntype = \"forward\"\nurl = \"{}/session\"\nforward_cookies = [\"sid\"]\n",
-        config(&format!("{}/token", upstream.uri()), "client_secret_post")
-            .replace("workers = 2", "workers = 2\nauth_failures_per_minute = 5"),
-        session.uri(),
-    );
+    let toml = with_session_endpoint(&upstream, &session, 5);
     let app = TestApp::spawn(&toml).await;
     let attacker = client_from("127.0.0.6");
-    let answers = futures_util::future::join_all((0..100).map(|n| {
-        attacker
-            .get(app.token_url("triumph"))
-            .header("Cookie", format!("sid=guess-{n}"))
-            .header("X-Requested-With", "x")
-            .send()
-    }))
-    .await;
-    let statuses: Vec<u16> = answers.into_iter().map(|a| a.unwrap().status().as_u16()).collect();
+    let answers = futures_util::future::join_all((0..100).map(|n| guess(&attacker, &app, n))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status().as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 95, "{statuses:?}");
     assert_eq!(upstream_calls(&session).await, 5);
