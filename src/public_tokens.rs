@@ -211,7 +211,8 @@ impl PublicTokens {
         serde_json::json!({ "keys": self.verifying.iter().map(|(key, _)| key.jwk()).collect::<Vec<_>>() })
     }
 
-    pub fn mint(&self, subject: &str, scopes: TokenScopes, now: u64, lifetime: Duration) -> (String, u64) {
+    /// A signed token and its `exp`; `None` only if signing fails, which a validated key does not.
+    pub fn mint(&self, subject: &str, scopes: TokenScopes, now: u64, lifetime: Duration) -> Option<(String, u64)> {
         let exp = now + lifetime.as_secs();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -224,8 +225,8 @@ impl PublicTokens {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(TOKEN_TYPE.to_string());
         header.kid = Some(self.signing.verifying.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).expect("an Ed25519 key signs");
-        (token, exp)
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).ok()?;
+        Some((token, exp))
     }
 
     /// The claims of a token signed by one of our keys, of our issuer, not expired.
@@ -351,7 +352,9 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let (token, exp) = tokens.mint("user-42", TokenScopes::default(), now, Duration::from_secs(60));
+        let (token, exp) = tokens
+            .mint("user-42", TokenScopes::default(), now, Duration::from_secs(60))
+            .unwrap();
         assert_eq!(exp, now + 60);
         let claims = tokens.verify(&token).unwrap();
         assert_eq!(claims.sub, "user-42");

@@ -43,6 +43,9 @@ pub enum ApiError {
     #[error("method not allowed")]
     /// With the methods the route does allow, e.g. "GET, POST".
     MethodNotAllowed(&'static str),
+    /// Something the broker itself could not do; never expected.
+    #[error("{0}")]
+    Internal(&'static str),
     #[error("the token exchange failed")]
     Upstream(#[source] Arc<UpstreamError>),
 }
@@ -79,6 +82,7 @@ impl ApiError {
             }
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::NotFound => ("not_found", "no such route".into()),
+            Self::Internal(_) => ("internal_error", "the broker could not complete the answer".into()),
             Self::NotConfigured(what) => ("not_found", (*what).into()),
             Self::MethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
             Self::Upstream(error) => match error.as_ref() {
@@ -135,6 +139,7 @@ impl ResponseError for ApiError {
             Self::UnknownUpstream | Self::NotFound | Self::NotConfigured(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Unreachable(_)
@@ -150,6 +155,9 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(what) = self {
+            tracing::error!(problem = *what, "an answer could not be made");
+        }
         let (error, description) = self.code_and_description();
         let mut response = HttpResponse::build(self.status_code());
         // An error answer is about this request only: never stored (the token routes say so too).

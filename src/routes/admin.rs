@@ -37,7 +37,12 @@ async fn metrics(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResp
     require_admin_token(&req, &broker)?;
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(broker.metrics.encode()))
+        .body(
+            broker
+                .metrics
+                .encode()
+                .map_err(|_| ApiError::Internal("the metrics could not be written"))?,
+        ))
 }
 
 /// Refuses the request unless it carries the configured admin token (compared in constant time).

@@ -88,7 +88,9 @@ async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>
         settings.max_expiration,
     )
     .map_err(ApiError::InvalidRequest)?;
-    let (token, expires_at) = tokens.mint(&request.subject, scopes, now, std::time::Duration::from_secs(exp - now));
+    let (token, expires_at) = tokens
+        .mint(&request.subject, scopes, now, std::time::Duration::from_secs(exp - now))
+        .ok_or(ApiError::Internal("the token could not be signed"))?;
     RequestId::with(&req, |request_id| {
         tracing::info!(
             target: "token_broker::audit",

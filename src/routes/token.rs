@@ -178,7 +178,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     };
     // Sized once for a typical token, instead of growing from empty as `HttpResponse::json` does.
     let mut json = Vec::with_capacity(128 + token.len() + served.token.scope.len());
-    serde_json::to_writer(&mut json, &body).expect("strings and numbers always serialize");
+    serde_json::to_writer(&mut json, &body).map_err(|_| ApiError::Internal("the answer could not be written"))?;
     Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json))
 }
 
