@@ -23,6 +23,7 @@ pub mod identity;
 pub mod metrics;
 pub(crate) mod outbound;
 pub mod policy;
+pub(crate) mod proxy;
 pub mod public_tokens;
 pub(crate) mod routes;
 pub mod scope;

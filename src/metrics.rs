@@ -48,6 +48,23 @@ pub struct Metrics {
     pub tokens_served: Family<UpstreamLabel, Counter>,
     pub shared_cache_errors: Counter,
     pub shared_cache_hits: Counter,
+    pub proxied_requests: Family<UpstreamStatus, Counter>,
+    pub proxy_duration: Durations,
+    pub proxy_bytes: Family<UpstreamDirection, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamStatus {
+    pub upstream: String,
+    /// `2xx`, `4xx`, … of the API's answer.
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamDirection {
+    pub upstream: String,
+    /// `in` (to the API) or `out` (to the browser).
+    pub direction: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -108,8 +125,29 @@ impl Metrics {
             "Tokens taken from the shared (Redis) cache instead of the upstream",
             shared_cache_hits.clone(),
         );
+        let proxied_requests = Family::default();
+        registry.register(
+            "proxied_requests",
+            "Requests proxied to APIs, by upstream and the class of the API's status",
+            proxied_requests.clone(),
+        );
+        let proxy_duration: Durations = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time APIs took to answer proxied requests (to the answer's headers)",
+            proxy_duration.clone(),
+        );
+        let proxy_bytes = Family::default();
+        registry.register(
+            "proxy_bytes",
+            "Body bytes proxied, to the API (in) and to the browser (out)",
+            proxy_bytes.clone(),
+        );
         Self {
             registry,
+            proxied_requests,
+            proxy_duration,
+            proxy_bytes,
             shared_cache_errors,
             shared_cache_hits,
             http_requests,
@@ -119,6 +157,38 @@ impl Metrics {
             upstream_duration,
             tokens_served,
         }
+    }
+
+    /// A proxied request the API answered with `status` after `took`.
+    pub fn proxied(&self, upstream: &str, status: u16, took: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.proxied_requests
+            .get_or_create(&UpstreamStatus {
+                upstream: upstream.to_string(),
+                status: class,
+            })
+            .inc();
+        self.proxy_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The counter of body bytes proxied for `upstream`: `in` to the API, `out` to browsers.
+    pub fn proxy_bytes(&self, upstream: &str, direction: &'static str) -> Counter {
+        self.proxy_bytes
+            .get_or_create(&UpstreamDirection {
+                upstream: upstream.to_string(),
+                direction,
+            })
+            .clone()
     }
 
     pub fn upstream_request(&self, upstream: &str, outcome: &'static str, took: Option<Duration>) {

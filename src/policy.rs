@@ -31,6 +31,10 @@ pub enum Denied {
     ScopeNotGranted,
     #[error("this caller may not mint public tokens")]
     NotAMinter,
+    #[error("this upstream's tokens are used by the proxy only")]
+    TokensNotExposed,
+    #[error("the proxy does not forward this path")]
+    PathNotAllowed,
 }
 
 /// The grants table, compiled.

@@ -118,7 +118,15 @@ fn build_state(
         public_tokens,
         policy: Policy::new(settings.grants.clone()),
         upstreams,
-        cors: CorsPolicy::new(&settings.server.cors_allowed_origins, &settings.server.csrf_header),
+        cors: CorsPolicy::new(
+            &settings.server.cors_allowed_origins,
+            &settings.server.csrf_header,
+            settings
+                .upstreams
+                .values()
+                .filter_map(|u| u.proxy.as_ref())
+                .flat_map(|p| &p.methods),
+        ),
         trusted_proxies: TrustedProxies::new(&settings.server.trusted_proxies),
         rate_limit: match previous {
             // Callers' buckets carry over too: a reload must not hand everyone a fresh burst.
@@ -201,6 +209,7 @@ impl Application {
                 .configure(routes::token::configure)
                 .configure(routes::client_js::configure)
                 .configure(routes::public_tokens::configure)
+                .configure(routes::proxy::configure)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
                 }))

@@ -17,6 +17,7 @@ use crate::http::rate_limit::IdentityRateLimit;
 use crate::identity::Chain;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::proxy::forward::Forwarder;
 use crate::public_tokens::PublicTokens;
 use crate::settings::Settings;
 use crate::tokens::TokenCache;
@@ -43,6 +44,8 @@ pub struct Broker {
     state: ArcSwap<AppState>,
     pub tokens: TokenCache,
     pub metrics: Arc<Metrics>,
+    /// Forwards proxied requests to the APIs (one connection pool).
+    pub forwarder: Forwarder,
     clock: SharedClock,
     /// The HTTP client every upstream shares (one connection pool).
     pub(crate) http: reqwest::Client,
@@ -61,6 +64,7 @@ impl Broker {
             state: ArcSwap::from_pointee(state),
             tokens,
             metrics,
+            forwarder: Forwarder::new(),
             clock,
             http,
             draining: AtomicBool::new(false),

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::identity::AuthError;
 use crate::policy::Denied;
+use crate::proxy::forward::ForwardError;
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
@@ -43,6 +44,12 @@ pub enum ApiError {
     #[error("method not allowed")]
     /// With the methods the route does allow, e.g. "GET, POST".
     MethodNotAllowed(&'static str),
+    /// Proxy mode: the API could not be asked.
+    #[error("the API could not be asked")]
+    Api(#[source] ForwardError),
+    /// A method the proxy does not forward for this upstream, with those it does.
+    #[error("method not allowed")]
+    ProxyMethodNotAllowed(String),
     /// Something the broker itself could not do; never expected.
     #[error("{0}")]
     Internal(&'static str),
@@ -83,6 +90,9 @@ impl ApiError {
             Self::UnknownUpstream => ("unknown_upstream", "no upstream of that name".into()),
             Self::NotFound => ("not_found", "no such route".into()),
             Self::Internal(_) => ("internal_error", "the broker could not complete the answer".into()),
+            Self::Api(ForwardError::Timeout) => ("upstream_timeout", "the API did not answer in time".into()),
+            Self::Api(ForwardError::Unreachable(_)) => ("upstream_error", "the API could not be reached".into()),
+            Self::ProxyMethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
             Self::NotConfigured(what) => ("not_found", (*what).into()),
             Self::MethodNotAllowed(allowed) => ("method_not_allowed", format!("use {allowed}")),
             Self::Upstream(error) => match error.as_ref() {
@@ -140,6 +150,9 @@ impl ResponseError for ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Api(ForwardError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Api(ForwardError::Unreachable(_)) => StatusCode::BAD_GATEWAY,
+            Self::ProxyMethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Unreachable(_)
@@ -175,6 +188,11 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed(allowed) => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static(allowed)));
+            }
+            Self::ProxyMethodNotAllowed(allowed) => {
+                if let Ok(value) = HeaderValue::from_str(allowed) {
+                    response.insert_header((header::ALLOW, value));
+                }
             }
             _ => {}
         }

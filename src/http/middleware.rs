@@ -48,7 +48,10 @@ pub async fn observe(
     {
         let mut extensions = actix_web::HttpMessage::extensions_mut(&req);
         extensions.insert(RequestId(request_id.clone()));
-        extensions.insert(ClientAddress(client.ip));
+        extensions.insert(ClientAddress {
+            ip: client.ip,
+            scheme: if client.scheme == "https" { "https" } else { "http" },
+        });
     }
 
     let started = Instant::now();
@@ -96,8 +99,11 @@ pub async fn cors(
             response
                 .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin))
                 .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
-                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
-                .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, policy.allow_headers.clone()))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, policy.allow_methods.clone()))
+                .insert_header((
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    policy.allow_headers_for(req.path(), req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS)),
+                ))
                 .insert_header((header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE));
         }
         return Ok(req.into_response(response.finish()).map_into_right_body());

@@ -9,14 +9,23 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The client's address as `trusted_proxies` resolves it, in the request's extensions.
+/// The client's address and scheme as `trusted_proxies` resolves them, in the request's extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddress(pub Option<std::net::IpAddr>);
+pub struct ClientAddress {
+    pub ip: Option<std::net::IpAddr>,
+    pub scheme: &'static str,
+}
 
 impl ClientAddress {
     pub fn of(req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
         use actix_web::HttpMessage;
-        req.extensions().get::<ClientAddress>().and_then(|a| a.0)
+        req.extensions().get::<ClientAddress>().and_then(|a| a.ip)
+    }
+
+    /// `https` or `http`, as the client reached the broker (or its trusted proxy).
+    pub fn scheme_of(req: &actix_web::HttpRequest) -> &'static str {
+        use actix_web::HttpMessage;
+        req.extensions().get::<ClientAddress>().map_or("http", |a| a.scheme)
     }
 }
 

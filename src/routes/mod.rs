@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod client_js;
 pub mod common;
+pub mod proxy;
 pub mod public_tokens;
 pub mod token;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::http::observe::RequestId;
+use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
 use crate::scope::{parse_scope_param, ScopeList, ScopeSet};
 use crate::state::Broker;
@@ -99,6 +100,9 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     // The route's `{upstream}` segment, borrowed rather than extracted into a new String.
     let upstream_name = req.match_info().get("upstream").unwrap_or_default();
     let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
+    if !upstream.settings.expose_tokens {
+        return Err(ApiError::AccessDenied(Denied::TokensNotExposed));
+    }
     let param = match requested {
         Requested::Param(param) => param,
         Requested::Body(payload) => {

@@ -93,6 +93,22 @@ pub struct Upstream {
     pub params: BTreeMap<String, String>,
     pub timeout: Option<DurationText>,
     pub max_tokens_per_hour: Option<u32>,
+    pub proxy: Option<Proxy>,
+    pub expose_tokens: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub url: String,
+    #[serde(default, deserialize_with = "optional_list")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub paths: Vec<String>,
+    #[serde(default, deserialize_with = "optional_list")]
+    pub scopes: Option<Vec<String>>,
+    pub timeout: Option<DurationText>,
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A secret: a literal, `{ env = "NAME" }` or `{ file = "/path" }`.

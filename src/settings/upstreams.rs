@@ -6,6 +6,11 @@ use std::time::Duration;
 use super::check::Check;
 use super::{raw, Env};
 use crate::scope::Scope;
+use actix_web::http::Method;
+
+use crate::proxy::config::ProxySettings;
+use crate::proxy::path::PathPattern;
+use crate::scope::ScopeSet;
 use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
 
 const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope", "audience"];
@@ -79,11 +84,76 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         client_id: raw.client_id.clone(),
         client_secret,
         auth_method,
-        scopes,
         audience: raw.audience.clone(),
         params: raw.params.clone(),
         timeout,
         max_tokens_per_hour: raw.max_tokens_per_hour,
+        proxy: raw
+            .proxy
+            .as_ref()
+            .and_then(|proxy| validate_proxy(check, name, proxy, &scopes)),
+        expose_tokens: raw.expose_tokens.unwrap_or(true),
+        scopes,
+    })
+}
+
+/// `[upstreams.<name>.proxy]`: where the API is and what may be forwarded to it.
+fn validate_proxy(
+    check: &mut Check,
+    name: &str,
+    raw: &raw::Proxy,
+    upstream_scopes: &ScopeSet,
+) -> Option<ProxySettings> {
+    let key = |field: &str| format!("upstreams.{name}.proxy.{field}");
+    let url = check.secure_url(&key("url"), &raw.url);
+    if let Some(url) = &url {
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+            check.problem(key("url"), "a base URL only: no query, fragment or credentials");
+        }
+    }
+    let names = raw.methods.clone().unwrap_or_else(|| vec!["GET".into()]);
+    let mut methods = Vec::new();
+    for (i, text) in names.iter().enumerate() {
+        match Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
+            Ok(method) if method != Method::CONNECT && method != Method::TRACE => methods.push(method),
+            _ => check.problem(
+                format!("{}[{i}]", key("methods")),
+                format!("`{text}` is not a method the proxy forwards"),
+            ),
+        }
+    }
+    if raw.paths.is_empty() {
+        check.problem(
+            key("paths"),
+            "list the paths the proxy may forward, e.g. [\"/reports/**\"]",
+        );
+    }
+    let mut paths = Vec::new();
+    for (i, text) in raw.paths.iter().enumerate() {
+        match PathPattern::parse(text) {
+            Ok(pattern) => paths.push(pattern),
+            Err(message) => check.problem(format!("{}[{i}]", key("paths")), message),
+        }
+    }
+    let scopes = raw.scopes.as_ref().map(|list| {
+        let set = check.scopes(&key("scopes"), list);
+        for scope in set.difference(upstream_scopes) {
+            check.problem(
+                key("scopes"),
+                format!("scope `{scope}` is not in upstreams.{name}.scopes"),
+            );
+        }
+        set
+    });
+    let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(30));
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    Some(ProxySettings {
+        url: url?,
+        methods,
+        paths,
+        scopes,
+        timeout,
+        max_body_bytes,
     })
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::proxy::config::ProxySettings;
 use crate::scope::ScopeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,10 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// Fresh fetches allowed per rolling hour, for vendors that bill or cap tokens.
     pub max_tokens_per_hour: Option<u32>,
+    /// Proxy mode for this upstream's API, when configured.
+    pub proxy: Option<ProxySettings>,
+    /// Whether the token route hands this upstream's tokens out (else only the proxy uses them).
+    pub expose_tokens: bool,
 }
 
 impl UpstreamSettings {
@@ -88,5 +93,7 @@ impl UpstreamSettings {
             && self.scopes == other.scopes
             && self.timeout == other.timeout
             && self.max_tokens_per_hour == other.max_tokens_per_hour
+            && self.proxy == other.proxy
+            && self.expose_tokens == other.expose_tokens
     }
 }

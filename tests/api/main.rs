@@ -17,6 +17,7 @@ mod interop_oidc_provider;
 mod lifecycle;
 mod no_secrets_in_logs;
 mod operations;
+mod proxy;
 mod public_tokens;
 mod replicas;
 mod resilience;

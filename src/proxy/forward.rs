@@ -1,0 +1,257 @@
+//! One request forwarded to the API with the token added, and its answer back, both streamed.
+//!
+//! Never forwarded: the caller's `Cookie`, `Authorization`, `X-API-Key`, the CSRF header, `Origin`
+//! and `Referer`, hop-by-hop headers (and those `Connection` names), `Host`, `Forwarded`,
+//! `X-Forwarded-*` and `X-Real-IP`: the broker sets `X-Forwarded-For`, `-Proto`, `-Host` and
+//! `X-Request-Id` itself. Never returned: `Set-Cookie`, hop-by-hop headers, and the API's own
+//! `Access-Control-*` headers (the broker's CORS policy decides who may read the answer).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap as InHeaders, HeaderName as InName};
+use bytes::Bytes;
+use futures_util::Stream;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
+use url::Url;
+
+/// Request headers the broker never passes on, besides hop-by-hop ones and the CSRF header.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "cookie",
+    "authorization",
+    "x-api-key",
+    "origin",
+    "referer",
+    "content-length",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never passed either way.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The body of a forwarded request.
+pub enum Body {
+    Empty,
+    /// Read whole: it can be sent again after the token is replaced.
+    Buffered(Bytes),
+    /// Passed on as it arrives; it cannot be sent twice.
+    Streaming(Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + Unpin>),
+}
+
+impl Body {
+    /// A second copy, for a retry, when there is one.
+    pub fn replay(&self) -> Option<Body> {
+        match self {
+            Body::Empty => Some(Body::Empty),
+            Body::Buffered(bytes) => Some(Body::Buffered(bytes.clone())),
+            Body::Streaming(_) => None,
+        }
+    }
+}
+
+/// What the broker knows of the caller, for the `X-Forwarded-*` headers.
+pub struct Caller<'a> {
+    pub ip: Option<IpAddr>,
+    pub scheme: &'a str,
+    pub host: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the API did not answer in time")]
+    Timeout,
+    #[error("the API could not be reached")]
+    Unreachable(#[source] reqwest::Error),
+}
+
+/// Talks to the APIs. One per process: it holds the connection pool.
+#[derive(Clone)]
+pub struct Forwarder {
+    http: reqwest::Client,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forwarder {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self { http }
+    }
+
+    /// Sends `method url` with `token`; the answer's status, headers (cleaned) and body stream.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
+        &self,
+        method: &actix_web::http::Method,
+        url: Url,
+        incoming: &InHeaders,
+        csrf_header: &InName,
+        caller: &Caller<'_>,
+        token: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ForwardError> {
+        let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut headers = request_headers(incoming, csrf_header);
+        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert(AUTHORIZATION, value);
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        if let Some(ip) = caller.ip {
+            set("x-forwarded-for", &ip.to_string());
+        }
+        set("x-forwarded-proto", caller.scheme);
+        if let Some(host) = caller.host {
+            set("x-forwarded-host", host);
+        }
+        set("x-request-id", caller.request_id);
+        let request = self.http.request(method, url).headers(headers).timeout(timeout);
+        let request = match body {
+            Body::Empty => request,
+            Body::Buffered(bytes) => request.body(bytes),
+            Body::Streaming(stream) => request.body(reqwest::Body::wrap_stream(stream)),
+        };
+        request.send().await.map_err(|error| {
+            if error.is_timeout() {
+                ForwardError::Timeout
+            } else {
+                ForwardError::Unreachable(error)
+            }
+        })
+    }
+}
+
+/// The incoming headers the API may see.
+fn request_headers(incoming: &InHeaders, csrf_header: &InName) -> HeaderMap {
+    let named_by_connection: Vec<String> = incoming
+        .get_all(actix_web::http::header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = HeaderMap::new();
+    for (name, value) in incoming {
+        let lower = name.as_str();
+        let dropped = NOT_FORWARDED.contains(&lower)
+            || HOP_BY_HOP.contains(&lower)
+            || lower.starts_with("x-forwarded-")
+            || name == csrf_header
+            || named_by_connection.iter().any(|n| n == lower);
+        if dropped {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
+/// Whether an answer header of the API reaches the browser.
+pub fn returned(name: &HeaderName, connection: &[String]) -> bool {
+    let lower = name.as_str();
+    !(HOP_BY_HOP.contains(&lower)
+        || lower == "set-cookie"
+        || lower == "set-cookie2"
+        || lower == "content-length"
+        || lower.starts_with("access-control-")
+        || connection.iter().any(|n| n == lower))
+}
+
+/// The header names an answer's `Connection` lists (they are hop-by-hop too).
+pub fn connection_names(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue as InValue;
+
+    #[test]
+    fn credentials_cookies_and_hop_by_hop_headers_never_reach_the_api() {
+        let mut incoming = InHeaders::new();
+        for (name, value) in [
+            ("cookie", "app_session=secret"),
+            ("authorization", "Bearer caller-token"),
+            ("x-api-key", "caller-key"),
+            ("x-requested-with", "csrf"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "hop"),
+            ("keep-alive", "timeout=5"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("host", "broker.example.com"),
+            ("origin", "https://app.example.com"),
+            ("accept", "application/json"),
+            ("x-custom", "kept"),
+        ] {
+            incoming.append(InName::from_static(name), InValue::from_static(value));
+        }
+        let headers = request_headers(&incoming, &InName::from_static("x-requested-with"));
+        let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    #[test]
+    fn set_cookie_hop_by_hop_and_the_apis_cors_headers_never_reach_the_browser() {
+        let connection = vec!["x-hop".to_string()];
+        for name in [
+            "set-cookie",
+            "connection",
+            "transfer-encoding",
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "x-hop",
+        ] {
+            assert!(!returned(&HeaderName::from_static(name), &connection), "{name}");
+        }
+        for name in [
+            "content-type",
+            "etag",
+            "cache-control",
+            "www-authenticate",
+            "x-ratelimit-remaining",
+        ] {
+            assert!(returned(&HeaderName::from_static(name), &connection), "{name}");
+        }
+    }
+}

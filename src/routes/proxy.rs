@@ -1,0 +1,271 @@
+//! `ANY /v1/proxy/{upstream}/{path}`: the caller is authenticated and authorised as on the token
+//! route, the path and method are checked against the upstream's allow-list, and the request is
+//! forwarded to the API with the cached token added. The browser never sees the token.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use secrecy::ExposeSecret;
+
+use crate::http::errors::ApiError;
+use crate::http::observe::{ClientAddress, RequestId};
+use crate::policy::Denied;
+use crate::proxy::forward::{connection_names, returned, Body, Caller};
+use crate::proxy::path::ProxyPath;
+use crate::routes::common::authenticate;
+use crate::state::Broker;
+use crate::upstream::Upstream;
+
+/// Bodies up to this size are read whole, so that the request can be sent again after the token
+/// is replaced; larger ones stream through once.
+const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
+/// Chunks of a streamed body in flight between the caller and the API: back-pressure beyond it.
+const STREAM_CHUNKS: usize = 8;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/proxy/{upstream}/{path:.*}")
+            .name("/v1/proxy/{upstream}/{path}")
+            .default_service(web::to(proxy)),
+    )
+    .service(
+        web::resource("/v1/proxy/{upstream}")
+            .name("/v1/proxy/{upstream}")
+            .default_service(web::to(proxy)),
+    );
+}
+
+async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    let state = broker.state_for(&req);
+    let identity = authenticate(&req, &state).await?;
+    let name = req.match_info().get("upstream").unwrap_or_default();
+    let upstream = state.upstreams.get(name).ok_or(ApiError::UnknownUpstream)?;
+    let settings = upstream.settings.proxy.as_ref().ok_or(ApiError::UnknownUpstream)?;
+    if !settings.methods.contains(req.method()) {
+        let allowed: Vec<&str> = settings.methods.iter().map(|m| m.as_str()).collect();
+        return Err(ApiError::ProxyMethodNotAllowed(allowed.join(", ")));
+    }
+    let path = proxied_path(&req).ok_or(ApiError::AccessDenied(Denied::PathNotAllowed))?;
+    if !settings.paths.iter().any(|pattern| pattern.matches(&path)) {
+        return Err(ApiError::AccessDenied(Denied::PathNotAllowed));
+    }
+    let entitlement = state.policy.entitle(&identity, name, settings.scopes.clone())?;
+    let served = broker.tokens.get(upstream, &entitlement.scopes).await?;
+    let too_large = Arc::new(AtomicBool::new(false));
+    let bytes_in = broker.metrics.proxy_bytes(name, "in");
+    let body = request_body(&req, payload, settings.max_body_bytes, too_large.clone(), bytes_in).await?;
+
+    let mut url = settings.url.clone();
+    url.set_path(&format!(
+        "{}{}",
+        settings.url.path().trim_end_matches('/'),
+        path.as_str()
+    ));
+    url.set_query(req.uri().query());
+    let request_id = RequestId::with(&req, str::to_string);
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let caller = Caller {
+        ip: ClientAddress::of(&req),
+        scheme: ClientAddress::scheme_of(&req),
+        host: host.as_deref(),
+        request_id: &request_id,
+    };
+    let send = |token: String, body: Body| {
+        let url = url.clone();
+        let caller = &caller;
+        let req = &req;
+        let csrf = state.settings.server.csrf_header.clone();
+        let forwarder = broker.forwarder.clone();
+        async move {
+            forwarder
+                .send(
+                    req.method(),
+                    url,
+                    req.headers(),
+                    &csrf,
+                    caller,
+                    &token,
+                    body,
+                    settings.timeout,
+                )
+                .await
+        }
+    };
+
+    let started = Instant::now();
+    let replay = body.replay();
+    let token = served.token.access_token.expose_secret().to_string();
+    let mut answer = send(token.clone(), body).await;
+    // The API refused the token: replace it once (as a report would) and send again, when the body
+    // can be sent again.
+    if let (Ok(response), Some(body)) = (&answer, replay) {
+        if response.status() == 401 {
+            if let Some(fresh) = replacement(&broker, upstream, &entitlement.scopes, &token, &state, &identity).await {
+                answer = send(fresh, body).await;
+            }
+        }
+    }
+    let response = answer.map_err(|error| {
+        if too_large.load(Ordering::Relaxed) {
+            ApiError::BodyTooLarge
+        } else {
+            ApiError::Api(error)
+        }
+    })?;
+    let status = response.status().as_u16();
+    broker.metrics.proxied(name, status, started.elapsed());
+    RequestId::with(&req, |request_id| {
+        tracing::info!(
+            target: "token_broker::audit",
+            request_id,
+            authenticator = &*identity.authenticator,
+            subject = identity.subject.as_str(),
+            upstream = name,
+            method = req.method().as_str(),
+            path = %path,
+            status,
+            token_fingerprint = served.token.fingerprint.as_str(),
+            "request proxied"
+        )
+    });
+    Ok(answer_of(response, &broker, name))
+}
+
+/// The path after `/v1/proxy/<name>`, as the client sent it (percent-encoded), if it is safe.
+fn proxied_path(req: &HttpRequest) -> Option<ProxyPath> {
+    let raw = req.uri().path().strip_prefix("/v1/proxy/")?;
+    let tail = raw.find('/').map_or("", |at| &raw[at..]);
+    ProxyPath::parse(tail).ok()
+}
+
+/// The body to forward: none, read whole when small enough to send twice, else streamed through
+/// a bounded channel (back-pressure) with the cap enforced as it flows.
+async fn request_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: u64,
+    too_large: Arc<AtomicBool>,
+    bytes_in: prometheus_client::metrics::counter::Counter,
+) -> Result<Body, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let chunked = req.headers().contains_key(TRANSFER_ENCODING);
+    match declared {
+        None if !chunked => return Ok(Body::Empty),
+        Some(0) => return Ok(Body::Empty),
+        Some(len) if len <= REPLAYABLE_BODY_BYTES => {
+            let mut body = web::BytesMut::with_capacity(len as usize);
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(ApiError::BodyTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            bytes_in.inc_by(body.len() as u64);
+            return Ok(Body::Buffered(body.freeze()));
+        }
+        _ => {}
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+    // The payload lives on this worker's thread; a local task hands its chunks to the request.
+    actix_web::rt::spawn(async move {
+        let mut total = 0u64;
+        while let Some(chunk) = payload.next().await {
+            let item = match chunk {
+                Ok(bytes) => {
+                    total += bytes.len() as u64;
+                    bytes_in.inc_by(bytes.len() as u64);
+                    if total > max {
+                        too_large.store(true, Ordering::Relaxed);
+                        Err(std::io::Error::other("the request body is over the limit"))
+                    } else {
+                        Ok(bytes)
+                    }
+                }
+                Err(_) => Err(std::io::Error::other("the caller's body broke off")),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    Ok(Body::Streaming(Box::new(Chunks(rx))))
+}
+
+/// A streamed body's chunks as they arrive from the caller.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A new token for `scopes` in place of `rejected`, as a report of a rejected token would get one
+/// (paced by the token's life and the caller's own limit); `None` when it is not replaced.
+async fn replacement(
+    broker: &Broker,
+    upstream: &Arc<Upstream>,
+    scopes: &crate::scope::ScopeSet,
+    rejected: &str,
+    state: &crate::state::AppState,
+    identity: &crate::identity::Identity,
+) -> Option<String> {
+    let may_replace = || state.refresh_limit.check(&identity.authenticator, &identity.subject);
+    let served = broker
+        .tokens
+        .replace_rejected(upstream, scopes, rejected, may_replace)
+        .await
+        .ok()?;
+    let fresh = served.token.access_token.expose_secret();
+    (fresh != rejected).then(|| fresh.to_string())
+}
+
+/// The API's answer as the browser gets it: its status, its headers but those never returned, and
+/// its body streamed through (counted for the metrics).
+fn answer_of(response: reqwest::Response, broker: &Broker, upstream: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut answer = HttpResponse::build(status);
+    let connection = connection_names(response.headers());
+    for (name, value) in response.headers() {
+        if returned(name, &connection) {
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()) {
+                answer.append_header((name.as_str(), value));
+            }
+        }
+    }
+    let length = response.content_length();
+    let counter = broker.metrics.proxy_bytes(upstream, "out");
+    let body = response.bytes_stream().inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            counter.inc_by(bytes.len() as u64);
+        }
+    });
+    match length {
+        Some(length) => answer.body(SizedStream::new(length, body)),
+        None => answer.body(BodyStream::new(body)),
+    }
+}

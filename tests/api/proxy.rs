@@ -1,0 +1,380 @@
+//! Proxy mode: the browser calls the API through the broker, which adds the token. What the API
+//! receives, what the browser gets back, and what is never sent.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::helpers::*;
+
+/// The usual configuration with `triumph` proxied to `api` under `/v2`.
+fn proxy_config(token_url: &str, api: &MockServer, extra: &str) -> String {
+    config(token_url, "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        &format!(
+            "timeout = \"2s\"\n{extra}\n[upstreams.triumph.proxy]\nurl = \"{}/v2\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/reports/**\", \"/me\"]\ntimeout = \"1s\"\nmax_body_bytes = 1048576\n",
+            api.uri()
+        ),
+        1,
+    )
+}
+
+struct Setup {
+    app: TestApp,
+    api: MockServer,
+    tokens: MockServer,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let api = MockServer::start().await;
+    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api, extra)).await;
+    Setup { app, api, tokens }
+}
+
+fn proxy_url(app: &TestApp, rest: &str) -> String {
+    format!("{}/v1/proxy/triumph{rest}", app.base)
+}
+
+fn header_of<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn a_proxied_request_carries_the_token_and_none_of_the_callers_credentials() {
+    let s = setup("").await;
+    Mock::given(method("GET"))
+        .and(path("/v2/reports/42"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "report": 42 }))
+                .insert_header("Set-Cookie", "api_session=1")
+                .insert_header("Access-Control-Allow-Origin", "*")
+                .insert_header("X-Api-Version", "2"),
+        )
+        .expect(1)
+        .mount(&s.api)
+        .await;
+    let response = s
+        .app
+        .http
+        .get(proxy_url(&s.app, "/reports/42?format=json"))
+        .header("X-API-Key", BOB_KEY)
+        .header("Cookie", "app_session=secret-cookie")
+        .header("X-Requested-With", "csrf")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("Forwarded", "for=6.6.6.6")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "the API's cookie never reaches the browser"
+    );
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(response.headers()["x-api-version"], "2");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(response.json::<Value>().await.unwrap()["report"], 42);
+
+    let received = &s.api.received_requests().await.unwrap()[0];
+    assert_eq!(received.url.path(), "/v2/reports/42");
+    assert_eq!(received.url.query(), Some("format=json"));
+    assert_eq!(header_of(received, "authorization"), Some("Bearer token-1"));
+    assert_eq!(header_of(received, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header_of(received, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header_of(received, "x-request-id"), Some(request_id.as_str()));
+    assert_eq!(header_of(received, "accept"), Some("application/json"));
+    for name in ["cookie", "x-api-key", "x-requested-with", "forwarded"] {
+        assert!(received.headers.get(name).is_none(), "{name} was forwarded");
+    }
+    // The scopes asked for are the caller's grant.
+    let form: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(&s.tokens.received_requests().await.unwrap()[0].body).unwrap();
+    assert!(form.contains(&("scope".into(), "reports:read".into())), "{form:?}");
+}
+
+/// The request line exactly as written, for paths an HTTP client library would normalise.
+fn raw_status(base: &str, target: &str) -> u16 {
+    let address = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {BOB_KEY}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn traversal_and_smuggling_forms_are_refused_and_nothing_reaches_the_api() {
+    let s = setup("").await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&s.api)
+        .await;
+    let forms = [
+        "/reports/../admin",
+        "/reports/./../admin",
+        "/reports/%2e%2e/admin",
+        "/reports/%2E%2E/admin",
+        "/reports/.%2e/admin",
+        "/reports/%2e./admin",
+        "/reports/%2e/admin",
+        "/reports/%252e%252e/admin",
+        "/reports/%252E%252E/admin",
+        "/reports%2f..%2fadmin",
+        "/reports%2F..%2Fadmin",
+        "/reports/%5c..%5cadmin",
+        "/reports/%5C..%5Cadmin",
+        "/reports//admin",
+        "//reports/x",
+        "/reports/%00",
+        "/reports/%0d%0aHost:%20evil.example",
+        "/reports/%09",
+        "/reports;/../admin",
+        "/reports/x;jsessionid=1",
+        "/reports/%3b/admin",
+        "/reports/%25",
+        "/reports/%zz",
+        "/reports/%c0%ae%c0%ae/admin",
+        "/reports/%e2%80%ae",
+        "/admin",
+        "/me/../admin",
+    ];
+    let base = s.app.base.clone();
+    let statuses = tokio::task::spawn_blocking(move || {
+        forms
+            .iter()
+            .map(|form| (*form, raw_status(&base, &format!("/v1/proxy/triumph{form}"))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (form, status) in &statuses {
+        assert_eq!(*status, 403, "{form}");
+    }
+    let long = format!("/reports/{}", "a".repeat(2100));
+    let base = s.app.base.clone();
+    let long_status = tokio::task::spawn_blocking(move || raw_status(&base, &format!("/v1/proxy/triumph{long}")))
+        .await
+        .unwrap();
+    assert_eq!(long_status, 403);
+    assert_eq!(
+        upstream_calls(&s.api).await,
+        0,
+        "nothing was sent for {} forms",
+        statuses.len()
+    );
+    // The same broker forwards a plain path.
+    let base = s.app.base.clone();
+    let plain = tokio::task::spawn_blocking(move || raw_status(&base, "/v1/proxy/triumph/reports/a%20b/"))
+        .await
+        .unwrap();
+    assert_eq!(plain, 200);
+    assert_eq!(upstream_calls(&s.api).await, 1);
+}
+
+#[tokio::test]
+async fn a_method_the_upstream_does_not_allow_is_405_and_nothing_is_sent() {
+    let s = setup("").await;
+    let response = s
+        .app
+        .http
+        .delete(proxy_url(&s.app, "/reports/42"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    assert_eq!(upstream_calls(&s.api).await, 0);
+    assert_eq!(upstream_calls(&s.tokens).await, 0);
+}
+
+#[tokio::test]
+async fn callers_without_a_grant_or_credential_are_refused_before_anything_is_sent() {
+    let s = setup("").await;
+    let anonymous = s.app.http.get(proxy_url(&s.app, "/me")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let carol = s
+        .app
+        .http
+        .get(proxy_url(&s.app, "/me"))
+        .header("X-API-Key", CAROL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(carol.status(), 403);
+    let unknown = s
+        .app
+        .http
+        .get(format!("{}/v1/proxy/other/me", s.app.base))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404, "an upstream without a proxy is not proxied");
+    assert_eq!(upstream_calls(&s.api).await, 0);
+}
+
+#[tokio::test]
+async fn with_expose_tokens_false_the_token_route_is_closed_and_the_proxy_still_works() {
+    let s = setup("expose_tokens = false").await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&s.api)
+        .await;
+    let token = s.app.get_token(BOB_KEY, "triumph", None).await;
+    assert_eq!(token.status(), 403);
+    assert_eq!(token.json::<Value>().await.unwrap()["error"], "access_denied");
+    let proxied = s
+        .app
+        .http
+        .get(proxy_url(&s.app, "/me"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_rejects_the_token_gets_one_new_token_and_the_request_again() {
+    let s = setup("").await;
+    Mock::given(header("authorization", "Bearer token-1"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&s.api)
+        .await;
+    Mock::given(header("authorization", "Bearer token-2"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("fresh"))
+        .mount(&s.api)
+        .await;
+    // Fetch token-1, and let it grow old enough to be replaced (a tenth of its hour).
+    assert_eq!(s.app.get_token(BOB_KEY, "triumph", None).await.status(), 200);
+    s.app.clock.advance(Duration::from_secs(361));
+    let answers = join_all((0..50).map(|_| {
+        s.app
+            .http
+            .post(proxy_url(&s.app, "/reports"))
+            .header("X-API-Key", BOB_KEY)
+            .body("{\"q\":1}")
+            .send()
+    }))
+    .await;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "fresh");
+    }
+    assert_eq!(upstream_calls(&s.tokens).await, 2, "one new token for fifty callers");
+    // Every retried request carried its body again.
+    let requests = s.api.received_requests().await.unwrap();
+    assert!(requests
+        .iter()
+        .filter(|r| header_of(r, "authorization") == Some("Bearer token-2"))
+        .all(|r| r.body == b"{\"q\":1}"));
+}
+
+#[tokio::test]
+async fn a_slow_api_is_504_at_the_proxy_timeout() {
+    let s = setup("").await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&s.api)
+        .await;
+    let started = Instant::now();
+    let response = s
+        .app
+        .http
+        .get(proxy_url(&s.app, "/me"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_and_the_cap_applies() {
+    let s = setup("").await;
+    let download = vec![7u8; 3 * 1024 * 1024];
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(download.clone()))
+        .mount(&s.api)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(|request: &Request| ResponseTemplate::new(200).set_body_string(request.body.len().to_string()))
+        .mount(&s.api)
+        .await;
+    let got = s
+        .app
+        .http
+        .get(proxy_url(&s.app, "/reports/big"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-length"], download.len().to_string().as_str());
+    assert_eq!(got.bytes().await.unwrap().len(), download.len());
+
+    // 900 KiB, streamed (over the replayable size) and under the 1 MiB cap; as chunks without a length too.
+    let upload = vec![1u8; 900 * 1024];
+    let sent = s
+        .app
+        .http
+        .post(proxy_url(&s.app, "/reports/upload"))
+        .header("X-API-Key", BOB_KEY)
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.text().await.unwrap(), upload.len().to_string());
+    let chunks = futures_util::stream::iter((0..9).map(|_| Ok::<_, std::io::Error>(vec![2u8; 100 * 1024])));
+    let chunked = s
+        .app
+        .http
+        .post(proxy_url(&s.app, "/reports/upload"))
+        .header("X-API-Key", BOB_KEY)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.text().await.unwrap(), (900 * 1024).to_string());
+
+    let calls = upstream_calls(&s.api).await;
+    let too_big = s
+        .app
+        .http
+        .post(proxy_url(&s.app, "/reports/upload"))
+        .header("X-API-Key", BOB_KEY)
+        .body(vec![0u8; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    assert_eq!(
+        upstream_calls(&s.api).await,
+        calls,
+        "a declared oversized body is not sent"
+    );
+}
