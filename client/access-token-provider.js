@@ -29,15 +29,26 @@ export class TokenBrokerError extends Error {
    * @param {string} message
    * @param {number} status
    * @param {string} error
+   * @param {number | null} [retryAfter] Seconds the broker asks to wait, when it says.
    */
-  constructor(message, status, error) {
+  constructor(message, status, error, retryAfter = null) {
     super(message);
     this.name = "TokenBrokerError";
     /** @type {number} */
     this.status = status;
     /** @type {string} */
     this.error = error;
+    /** @type {number | null} */
+    this.retryAfter = retryAfter;
   }
+}
+
+/** Seconds in a Retry-After header (delay or HTTP date), or null. */
+function retryAfterSeconds(response) {
+  const value = response.headers.get("Retry-After");
+  if (!value) return null;
+  const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
 }
 
 /** Seconds taken off a token's remaining life, so it is never used at the very edge of it. */
@@ -51,7 +62,7 @@ const MARGIN_SHARE = 0.1;
  * (and 429), and rejects with a {@link TokenBrokerError} carrying `status` and `error` otherwise.
  *
  * @param {AccessTokenProviderOptions} options
- * @returns {(() => Promise<string>) & { invalidate: () => void, reportRejected: () => Promise<string> }}
+ * @returns {(() => Promise<string>) & { token: () => Promise<string>, invalidate: () => void, reportRejected: () => Promise<string> }}
  */
 export function createAccessTokenProvider(options) {
   if (!options || typeof options.url !== "string" || options.url === "") {
@@ -89,12 +100,8 @@ export function createAccessTokenProvider(options) {
   }
 
   function retryDelayMs(response) {
-    const value = response.headers.get("Retry-After");
-    if (!value) return 1000;
-    const seconds = /^\d+$/.test(value.trim())
-      ? Number(value)
-      : Math.max(0, (Date.parse(value) - Date.now()) / 1000);
-    return Math.min(Number.isFinite(seconds) ? seconds : 1, maxRetryDelaySeconds) * 1000;
+    const seconds = retryAfterSeconds(response);
+    return Math.min(seconds === null ? 1 : seconds, maxRetryDelaySeconds) * 1000;
   }
 
   /** The broker route `suffix` ("" or "/refresh") of `url`, with the query `url` carries and `extra`. */
@@ -163,6 +170,13 @@ export function createAccessTokenProvider(options) {
     return `Bearer ${await shared()}`;
   }
 
+  /**
+   * The bare token, for libraries that add the scheme themselves (SignalR's accessTokenFactory,
+   * graphql-ws connectionParams, Apollo links).
+   * @returns {Promise<string>}
+   */
+  accessTokenProvider.token = async () => (await accessTokenProvider()).slice("Bearer ".length);
+
   /** Forgets the token; the next call fetches one, and a request already under way stores nothing. */
   accessTokenProvider.invalidate = () => {
     generation += 1;
@@ -199,4 +213,60 @@ export function createAccessTokenProvider(options) {
   };
 
   return accessTokenProvider;
+}
+
+/**
+ * @typedef {Object} ApiFetchOptions
+ * @property {string} base The broker's proxy route of one upstream, e.g. "https://broker.example.com/v1/proxy/reports".
+ * @property {RequestCredentials} [credentials] Sent to fetch(): "include" to send the broker's cookies from another origin. Default "same-origin".
+ * @property {Record<string,string> | (() => Record<string,string> | Promise<Record<string,string>>)} [headers]
+ *   Extra request headers for every call, e.g. `() => ({ Authorization: \`Bearer ${idToken}\` })`.
+ * @property {string} [csrfHeader] The CSRF header the broker requires on cookie requests. Default "X-Requested-With".
+ * @property {typeof fetch} [fetch] A fetch implementation, for tests. Default globalThis.fetch.
+ */
+
+/**
+ * Creates a fetch-compatible function for an API behind the broker's proxy: the page never holds
+ * a token. `apiFetch("/reports/42", init)` calls `${base}/reports/42`, adds the CSRF header, and
+ * resolves to the API's Response, whatever its status. An answer the broker made itself (it
+ * carries `X-Token-Broker-Error`) rejects with a {@link TokenBrokerError} carrying `status`,
+ * `error` and `retryAfter`, as the token provider's do.
+ *
+ * @param {ApiFetchOptions} options
+ * @returns {(path: string, init?: RequestInit) => Promise<Response>}
+ */
+export function createApiFetch(options) {
+  if (!options || typeof options.base !== "string" || options.base === "") {
+    throw new TypeError("createApiFetch: `base` is required");
+  }
+  const { base, credentials = "same-origin", headers, csrfHeader = "X-Requested-With" } = options;
+  const fetchImpl = options.fetch || globalThis.fetch.bind(globalThis);
+  const root = base.replace(/\/+$/, "");
+
+  return async function apiFetch(path, init = {}) {
+    const extra = typeof headers === "function" ? await headers() : headers || {};
+    const merged = new Headers(init.headers || {});
+    for (const [name, value] of Object.entries(extra)) {
+      if (!merged.has(name)) merged.set(name, value);
+    }
+    merged.set(csrfHeader, "token-broker");
+    const target = `${root}${path.startsWith("/") ? path : `/${path}`}`;
+    const response = await fetchImpl(target, { credentials, ...init, headers: merged });
+    const brokerError = response.headers.get("X-Token-Broker-Error");
+    if (brokerError) {
+      let description = "";
+      try {
+        description = (await response.clone().json()).error_description || "";
+      } catch {
+        description = "";
+      }
+      throw new TokenBrokerError(
+        description || `token-broker answered ${response.status}`,
+        response.status,
+        brokerError,
+        retryAfterSeconds(response),
+      );
+    }
+    return response;
+  };
 }

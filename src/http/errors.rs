@@ -15,6 +15,9 @@ use crate::proxy::forward::ForwardError;
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
+/// Names the `error` code of an answer the broker made itself (not a proxied API's).
+pub const BROKER_ERROR: header::HeaderName = header::HeaderName::from_static("x-token-broker-error");
+
 /// How long a browser should wait when the identity provider cannot be reached.
 const AUTH_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -175,6 +178,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         // An error answer is about this request only: never stored (the token routes say so too).
         response.insert_header((header::CACHE_CONTROL, "no-store"));
+        // Marks the broker's own errors, which a proxied API's answers never carry.
+        response.insert_header((BROKER_ERROR, HeaderValue::from_static(error)));
         match self {
             // RFC 6750 §3: a challenge on every 401; `invalid_token` once a credential was refused.
             Self::Unauthenticated(AuthError::Missing) => {

@@ -120,7 +120,7 @@ pub async fn cors(
         );
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After, X-Request-Id"),
+            HeaderValue::from_static("Retry-After, X-Request-Id, X-Token-Broker-Error"),
         );
     }
     Ok(response.map_into_left_body())

@@ -185,6 +185,7 @@ pub fn returned(name: &HeaderName, connection: &[String]) -> bool {
         || lower == "set-cookie2"
         || lower == "content-length"
         || lower.starts_with("access-control-")
+        || lower == "x-token-broker-error"
         || connection.iter().any(|n| n == lower))
 }
 

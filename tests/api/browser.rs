@@ -30,7 +30,37 @@ fn the_browser_client_works_in_chromium() {
     println!("{report}");
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
-        report.contains("pass 9"),
-        "all nine browser tests ran and passed:\n{report}"
+        report.contains("pass 11"),
+        "all eleven browser tests ran and passed:\n{report}"
     );
+}
+
+/// The client as frontend developers consume it: an npm package (`client/package.json`) that a
+/// TypeScript app installs; `tsc --strict` checks the `.d.ts` against that use, esbuild bundles it.
+#[test]
+fn the_client_package_type_checks_strictly_and_bundles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client-package");
+    let bin = dir.join("node_modules/.bin");
+    assert!(
+        bin.join("tsc").exists() && bin.join("esbuild").exists(),
+        "typescript and esbuild are not installed: run `npm ci` in tests/client-package (scripts/test does it)"
+    );
+    let tsc = Command::new(bin.join("tsc")).arg("-p").arg(&dir).output().unwrap();
+    assert!(
+        tsc.status.success(),
+        "tsc --strict refused the consumer:\n{}{}",
+        String::from_utf8_lossy(&tsc.stdout),
+        String::from_utf8_lossy(&tsc.stderr)
+    );
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("bundle.js");
+    let esbuild = Command::new(bin.join("esbuild"))
+        .arg(dir.join("consumer.ts"))
+        .args(["--bundle", "--format=esm"])
+        .arg(format!("--outfile={}", bundle.display()))
+        .output()
+        .unwrap();
+    assert!(esbuild.status.success(), "{}", String::from_utf8_lossy(&esbuild.stderr));
+    let bundled = std::fs::read_to_string(bundle).unwrap();
+    assert!(bundled.contains("function createApiFetch") && bundled.contains("function createAccessTokenProvider"));
 }

@@ -39,6 +39,7 @@ const issued = new Set();
 let tokenRequests = 0;
 let rateLimitNext = false;
 let pageOrigin = "";
+let apiSawCookie = false;
 
 const vendor = await serve(async (req, res) => {
   if (req.method === "POST" && req.url === "/token") {
@@ -62,6 +63,7 @@ const vendor = await serve(async (req, res) => {
     if (req.method === "OPTIONS") return res.writeHead(204, cors).end();
     const auth = req.headers.authorization || "";
     const ok = auth.startsWith("Bearer ") && issued.has(auth.slice(7));
+    apiSawCookie = apiSawCookie || Boolean(req.headers.cookie);
     res.writeHead(ok ? 200 : 401, { ...cors, "Content-Type": "application/json" });
     return res.end(JSON.stringify({ ok }));
   }
@@ -113,6 +115,11 @@ token_url = "${vendor.origin}/token"
 client_id = "browser-client"
 client_secret = "browser-secret"
 scopes = ["a", "b", "c", "short", "flaky", "store", "cross"]
+
+[upstreams.vendor.proxy]
+url = "${vendor.origin}/api"
+methods = ["GET"]
+paths = ["/data"]
 
 [[authenticators]]
 type = "forward"
@@ -404,4 +411,56 @@ test("a url with a query string keeps it on the token route and on /refresh", as
   }, brokerUrl);
   assert.deepEqual(urls, ["/v1/token/vendor?tenant=t1&scope=a%20b", "/v1/token/vendor/refresh?tenant=t1"]);
   await tab.close();
+});
+
+test("provider.token() resolves to the bare token", async () => {
+  const tab = await openPage(pageA.origin);
+  const [bearer, bare] = await tab.evaluate(async (brokerUrl) => {
+    const { createAccessTokenProvider } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const provider = createAccessTokenProvider({ url: `${brokerUrl}/v1/token/vendor`, scope: "c", credentials: "include" });
+    return [await provider(), await provider.token()];
+  }, brokerUrl);
+  assert.match(bare, /^vendor-token-\d+$/);
+  assert.equal(bearer, `Bearer ${bare}`);
+  await tab.close();
+});
+
+test("createApiFetch calls the API through the broker: the page never sees a token, another origin reads nothing", async () => {
+  const tab = await openPage(pageA.origin);
+  const seen = await tab.evaluate(async (brokerUrl) => {
+    const { createApiFetch, TokenBrokerError } = await import(`${brokerUrl}/v1/access-token-provider.js`);
+    const apiFetch = createApiFetch({ base: `${brokerUrl}/v1/proxy/vendor`, credentials: "include" });
+    const response = await apiFetch("/data");
+    const headers = [...response.headers.entries()].map(([k, v]) => `${k}: ${v}`).join("\n");
+    const body = await response.text();
+    let refused = null;
+    try {
+      await apiFetch("/not-allowed");
+    } catch (e) {
+      refused = { name: e.name, isBrokerError: e instanceof TokenBrokerError, status: e.status, error: e.error };
+    }
+    return { status: response.status, body, headers, refused };
+  }, brokerUrl);
+  assert.equal(seen.status, 200);
+  assert.deepEqual(JSON.parse(seen.body), { ok: true }, "the API accepted the token the broker added");
+  for (const token of issued) {
+    assert.ok(!seen.body.includes(token) && !seen.headers.includes(token), "no token reaches the page");
+  }
+  assert.equal(apiSawCookie, false, "the session cookie stays with the broker");
+  assert.deepEqual(seen.refused, { name: "TokenBrokerError", isBrokerError: true, status: 403, error: "access_denied" });
+  await tab.close();
+
+  const other = await openPage(pageB.origin);
+  const outcome = await other.evaluate(async (brokerUrl) => {
+    const { createApiFetch } = await import("/module.js");
+    const apiFetch = createApiFetch({ base: `${brokerUrl}/v1/proxy/vendor`, credentials: "include" });
+    try {
+      const response = await apiFetch("/data");
+      return { read: await response.text() };
+    } catch (e) {
+      return { rejected: e.name };
+    }
+  }, brokerUrl);
+  assert.deepEqual(outcome, { rejected: "TypeError" });
+  await other.close();
 });
