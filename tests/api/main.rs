@@ -18,6 +18,7 @@ mod lifecycle;
 mod no_secrets_in_logs;
 mod operations;
 mod proxy;
+mod proxy_streams;
 mod public_tokens;
 mod replicas;
 mod resilience;
