@@ -168,3 +168,138 @@ async fn a_wrong_secret_is_refused_by_oidc_provider_and_reported_as_502() {
         "the upstream's own words stay out: {text}"
     );
 }
+
+/// A resource server as a real API would be: it accepts a request only with a bearer token that
+/// oidc-provider says is active (RFC 7662 introspection), and reports the token's scope and which
+/// of the caller's own headers reached it.
+fn start_resource_server(provider_base: String) -> String {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let provider_base = provider_base.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let provider_base = provider_base.clone();
+            async move {
+                let bearer = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default()
+                    .to_string();
+                let introspection: Value = reqwest::Client::new()
+                    .post(format!("{provider_base}/token/introspection"))
+                    .form(&[
+                        ("token", bearer.as_str()),
+                        ("client_id", "post-client"),
+                        ("client_secret", SECRET),
+                    ])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if introspection["active"] != true {
+                    return HttpResponse::Unauthorized().finish();
+                }
+                let saw = |name: &str| req.headers().contains_key(name);
+                HttpResponse::Ok().json(serde_json::json!({
+                    "path": req.path(),
+                    "scope": introspection["scope"],
+                    "client_id": introspection["client_id"],
+                    "saw_cookie": saw("cookie"),
+                    "saw_api_key": saw("x-api-key"),
+                    "saw_csrf_header": saw("x-requested-with"),
+                    "authorization_was_the_callers": bearer == "caller-token",
+                }))
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_reaches_a_resource_server_that_introspects_the_token_at_oidc_provider() {
+    let provider = start_provider().await;
+    let resource = start_resource_server(provider.base.clone());
+    let toml = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        workers = 1
+
+        [upstreams.op]
+        token_url = "{base}/token"
+        client_id = "post-client"
+        client_secret = {{ env = "OP_SECRET" }}
+        scopes = ["api:read", "api:write"]
+        expose_tokens = false
+
+        [upstreams.op.proxy]
+        url = "{resource}/api"
+        paths = ["/things/**"]
+        scopes = ["api:read"]
+
+        [[authenticators]]
+        type = "api_key"
+        keys = [{{ id = "k", hash = "{hash}", subject = "user" }}]
+
+        [[grants]]
+        subjects = ["user"]
+        upstreams = {{ op = ["api:read", "api:write"] }}
+        "#,
+        base = provider.base,
+        hash = hash_key(API_KEY),
+    );
+    let env: Env = [("OP_SECRET".to_string(), SECRET.to_string())].into();
+    let app = Application::build_with_clock(
+        Settings::from_toml(&toml, &env).unwrap(),
+        std::sync::Arc::new(SystemClock),
+    )
+    .unwrap();
+    let broker = format!("http://{}", app.address());
+    tokio::spawn(app.run_until_stopped());
+
+    let response = reqwest::Client::new()
+        .get(format!("{broker}/v1/proxy/op/things/7"))
+        .header("X-API-Key", API_KEY)
+        .header("Authorization", "Bearer caller-token")
+        .header("Cookie", "app_session=secret")
+        .header("X-Requested-With", "csrf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/api/things/7");
+    assert_eq!(
+        seen["scope"], "api:read",
+        "the proxy's scopes, not the whole grant: {seen}"
+    );
+    assert_eq!(seen["client_id"], "post-client");
+    for flag in [
+        "saw_cookie",
+        "saw_api_key",
+        "saw_csrf_header",
+        "authorization_was_the_callers",
+    ] {
+        assert_eq!(seen[flag], false, "{flag}: {seen}");
+    }
+    // The token itself stays with the broker: its token route refuses this upstream.
+    let token = reqwest::Client::new()
+        .get(format!("{broker}/v1/token/op"))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 403);
+}
