@@ -35,6 +35,8 @@ pub enum Denied {
     TokensNotExposed,
     #[error("the proxy does not forward this path")]
     PathNotAllowed,
+    #[error("a cookie-authenticated WebSocket handshake needs an Origin in server.cors_allowed_origins")]
+    CrossSiteWebSocket,
 }
 
 /// The grants table, compiled.

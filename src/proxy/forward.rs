@@ -76,6 +76,8 @@ pub enum ForwardError {
     Timeout,
     #[error("the API could not be reached")]
     Unreachable(#[source] reqwest::Error),
+    #[error("the API's WebSocket handshake failed")]
+    WebSocket(#[source] Box<super::websocket::HandshakeError>),
 }
 
 /// Talks to the APIs. One per process: it holds the connection pool.

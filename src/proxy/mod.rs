@@ -4,3 +4,4 @@
 pub mod config;
 pub mod forward;
 pub mod path;
+pub mod websocket;

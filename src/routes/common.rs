@@ -9,12 +9,28 @@ use futures_util::StreamExt;
 use crate::http::errors::ApiError;
 use crate::http::observe::ClientAddress;
 use crate::identity::{AuthError, Identity};
+use crate::policy::Denied;
 use crate::state::AppState;
 
 /// Authenticates the caller, then applies the checks every caller-facing route needs. An address
 /// that failed too often is refused first, before any authentication work; costly work reserves
 /// against that budget as it starts (see [`crate::http::auth_failures`]).
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
+    authenticate_as(req, state, CrossSiteCheck::CsrfHeader).await
+}
+
+/// How a cookie-authenticated request proves it comes from a page the CORS policy allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossSiteCheck {
+    /// The CSRF header, which a page can only send cross-site after a CORS preflight.
+    CsrfHeader,
+    /// An allowed `Origin`: a browser cannot add headers to a WebSocket handshake, but always
+    /// sends its page's origin (cross-site WebSocket hijacking is the attack).
+    AllowedOrigin,
+}
+
+/// As [`authenticate`], with the cross-site check a request of this kind can carry.
+pub async fn authenticate_as(req: &HttpRequest, state: &AppState, check: CrossSiteCheck) -> Result<Identity, ApiError> {
     let attempt = state
         .auth_failures
         .attempt(ClientAddress::of(req))
@@ -39,8 +55,20 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Identit
         }
     };
     // A cookie travels with any cross-site request; a custom header cannot without CORS consent.
-    if identity.via_cookie && !req.headers().contains_key(&state.settings.server.csrf_header) {
-        return Err(ApiError::CsrfHeaderMissing);
+    if identity.via_cookie {
+        let proven = match check {
+            CrossSiteCheck::CsrfHeader => req.headers().contains_key(&state.settings.server.csrf_header),
+            CrossSiteCheck::AllowedOrigin => state
+                .cors
+                .allowed(req.headers().get(actix_web::http::header::ORIGIN))
+                .is_some(),
+        };
+        if !proven {
+            return Err(match check {
+                CrossSiteCheck::CsrfHeader => ApiError::CsrfHeaderMissing,
+                CrossSiteCheck::AllowedOrigin => ApiError::AccessDenied(Denied::CrossSiteWebSocket),
+            });
+        }
     }
     state
         .rate_limit

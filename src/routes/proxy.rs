@@ -19,9 +19,12 @@ use secrecy::ExposeSecret;
 use crate::http::errors::ApiError;
 use crate::http::observe::{ClientAddress, RequestId};
 use crate::policy::Denied;
+use crate::proxy::config::ProxySettings;
+use crate::proxy::forward::ForwardError;
 use crate::proxy::forward::{connection_names, returned, Body, Caller};
 use crate::proxy::path::ProxyPath;
-use crate::routes::common::authenticate;
+use crate::proxy::websocket;
+use crate::routes::common::{authenticate_as, CrossSiteCheck};
 use crate::state::Broker;
 use crate::upstream::Upstream;
 
@@ -46,7 +49,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
     let state = broker.state_for(&req);
-    let identity = authenticate(&req, &state).await?;
+    let websocket = is_websocket_handshake(&req);
+    let check = if websocket {
+        CrossSiteCheck::AllowedOrigin
+    } else {
+        CrossSiteCheck::CsrfHeader
+    };
+    let identity = authenticate_as(&req, &state, check).await?;
     let name = req.match_info().get("upstream").unwrap_or_default();
     let upstream = state.upstreams.get(name).ok_or(ApiError::UnknownUpstream)?;
     let settings = upstream.settings.proxy.as_ref().ok_or(ApiError::UnknownUpstream)?;
@@ -60,10 +69,6 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     }
     let entitlement = state.policy.entitle(&identity, name, settings.scopes.clone())?;
     let served = broker.tokens.get(upstream, &entitlement.scopes).await?;
-    let too_large = Arc::new(AtomicBool::new(false));
-    let bytes_in = broker.metrics.proxy_bytes(name, "in");
-    let body = request_body(&req, payload, settings.max_body_bytes, too_large.clone(), bytes_in).await?;
-
     let mut url = settings.url.clone();
     url.set_path(&format!(
         "{}{}",
@@ -83,6 +88,15 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         host: host.as_deref(),
         request_id: &request_id,
     };
+    if websocket {
+        let token = served.token.access_token.expose_secret();
+        return open_websocket(&req, payload, url, &caller, token, settings)
+            .await
+            .inspect(|_| broker.metrics.proxied(name, 101, std::time::Duration::ZERO));
+    }
+    let too_large = Arc::new(AtomicBool::new(false));
+    let bytes_in = broker.metrics.proxy_bytes(name, "in");
+    let body = request_body(&req, payload, settings.max_body_bytes, too_large.clone(), bytes_in).await?;
     let send = |token: String, body: Body| {
         let url = url.clone();
         let caller = &caller;
@@ -142,6 +156,48 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         )
     });
     Ok(answer_of(response, &broker, name))
+}
+
+/// A `GET` asking to become a WebSocket (RFC 6455 §4.1).
+fn is_websocket_handshake(req: &HttpRequest) -> bool {
+    let has = |name, token: &str| {
+        req.headers()
+            .get_all(name)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    req.method() == actix_web::http::Method::GET
+        && has(actix_web::http::header::UPGRADE, "websocket")
+        && has(actix_web::http::header::CONNECTION, "upgrade")
+}
+
+/// Opens the API's side of the WebSocket with the token, then answers the page's handshake and
+/// relays messages until either side closes.
+async fn open_websocket(
+    req: &HttpRequest,
+    payload: web::Payload,
+    url: url::Url,
+    caller: &Caller<'_>,
+    token: &str,
+    settings: &ProxySettings,
+) -> Result<HttpResponse, ApiError> {
+    let protocols = req
+        .headers()
+        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let (api, chosen) = websocket::connect(url, token, caller, protocols, settings.timeout)
+        .await
+        .map_err(|error| ApiError::Api(ForwardError::WebSocket(Box::new(error))))?;
+    let (mut response, session, from_page) = actix_ws::handle(req, payload)
+        .map_err(|_| ApiError::InvalidRequest("not a WebSocket handshake this server can accept".into()))?;
+    if let Some(chosen) = chosen.and_then(|c| actix_web::http::header::HeaderValue::from_str(&c).ok()) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, chosen);
+    }
+    actix_web::rt::spawn(websocket::relay(api, session, from_page));
+    Ok(response)
 }
 
 /// The path after `/v1/proxy/<name>`, as the client sent it (percent-encoded), if it is safe.

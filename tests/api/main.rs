@@ -19,6 +19,7 @@ mod no_secrets_in_logs;
 mod operations;
 mod proxy;
 mod proxy_streams;
+mod proxy_websocket;
 mod public_tokens;
 mod replicas;
 mod resilience;
