@@ -13,12 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::{broker, free_port, stand_in, wait_for_port, Killed};
+use support::{broker, children, free_port, median, stand_in, wait_for_port, wrk, Figures, Killed};
 
 const API_KEY: &str = "bench-api-key";
-const CONNECTIONS: u32 = 64;
-const ROUND: &str = "5s";
-const ROUNDS: usize = 3;
+use support::{CONNECTIONS, ROUND, ROUNDS};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn now() -> u64 {
@@ -157,92 +155,6 @@ http {{
         .expect("nginx is installed (scripts/bench installs it)");
     wait_for_port(port);
     Killed(child)
-}
-
-#[derive(Clone, Copy, Default)]
-struct Figures {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    /// CPU time (user + system) the server spent per request, in microseconds.
-    cpu_us: f64,
-}
-
-/// wrk's latency figure ("812.00us", "1.20ms", "2.01s") in milliseconds.
-fn millis(text: &str) -> f64 {
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => value / 1000.0,
-        "ms" => value,
-        "s" => value * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` after the parenthesised command name, so that the process
-/// state is `[0]`, the parent's pid `[1]`, utime `[11]` and stime `[12]` (proc(5) fields 3, 4, 14, 15).
-fn stat_fields(pid: u32) -> Vec<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    // The state is a letter: it reads as 0, and is never used.
-    rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect()
-}
-
-/// CPU time a process has used (user + system), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let fields = stat_fields(pid);
-    fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)
-}
-
-/// The children of `parent` (nginx's worker, under its master), found through `/proc`.
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat_fields(pid).get(1) == Some(&u64::from(parent)))
-        .collect()
-}
-
-/// Clock ticks per second, as `/proc/<pid>/stat` counts them (USER_HZ: 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// wrk against `url`, with the CPU time `server` spent over the run divided by the requests made.
-fn wrk(url: &str, headers: &[String], server: u32) -> Figures {
-    let ticks_before = cpu_ticks(server);
-    let mut command = Command::new("wrk");
-    command.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency"]);
-    for header in headers {
-        command.args(["-H", header]);
-    }
-    let output = command
-        .arg(url)
-        .output()
-        .expect("wrk is installed (scripts/bench installs it)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut figures = Figures::default();
-    let mut non_2xx = 0;
-    let mut requests = 0u64;
-    for line in text.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["Requests/sec:", rps] => figures.rps = rps.parse().unwrap_or(0.0),
-            ["50%", latency] => figures.p50_ms = millis(latency),
-            ["99%", latency] => figures.p99_ms = millis(latency),
-            ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse().unwrap_or(0),
-            [n, "requests", "in", ..] => requests = n.parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    let ticks = cpu_ticks(server) - ticks_before;
-    figures.cpu_us = ticks as f64 / TICKS_PER_SECOND * 1e6 / requests.max(1) as f64;
-    assert_eq!(non_2xx, 0, "{url} answered errors under load:\n{text}");
-    figures
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -1,0 +1,215 @@
+//! Proxy mode against nginx's `proxy_pass`: the same API (an nginx serving a small JSON answer and
+//! a 1 MiB file), reached directly, through nginx (one worker, keep-alive to the API) and through
+//! the broker (one worker, adding the token), under wrk at 64 connections, interleaved.
+//! Run with `cargo bench --bench proxy` (needs nginx and wrk; scripts/bench installs them).
+//! Prints figures; asserts nothing.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{broker, children, free_port, median, stand_in, wait_for_port, wrk, Figures, Killed};
+use support::{CONNECTIONS, ROUND, ROUNDS};
+
+const API_KEY: &str = "bench-api-key";
+const SMALL: &str = r#"{"id":42,"name":"quarterly report","status":"ready","pages":12}"#;
+const MIB: usize = 1 << 20;
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0")
+}
+
+/// An nginx with one worker: `server` is its `server { … }` block.
+fn nginx(dir: &std::path::Path, name: &str, port: u16, server: &str) -> Killed {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let d = d.display();
+    let conf = format!(
+        r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    {server}
+}}
+"#,
+        user = if is_root() { "user root;" } else { "" },
+    );
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p"])
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join(name).join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed (scripts/bench installs it)");
+    wait_for_port(port);
+    Killed(child)
+}
+
+fn worker_of(master: &Killed) -> u32 {
+    loop {
+        if let [worker] = children(master.0.id())[..] {
+            return worker;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("www/api")).unwrap();
+    std::fs::write(dir.path().join("www/api/big"), vec![b'x'; MIB]).unwrap();
+
+    // The API: a small JSON answer from memory and a 1 MiB file.
+    let api_port = free_port();
+    let api = nginx(
+        dir.path(),
+        "api",
+        api_port,
+        &format!(
+            r#"server {{
+        listen 127.0.0.1:{api_port};
+        keepalive_requests 100000;
+        location = /api/small {{ default_type application/json; return 200 '{SMALL}'; }}
+        location /api/ {{ root {www}; }}
+    }}"#,
+            www = dir.path().join("www").display()
+        ),
+    );
+    // nginx in front of it, as a reverse proxy with keep-alive to the API.
+    let front_port = free_port();
+    let front = nginx(
+        dir.path(),
+        "front",
+        front_port,
+        &format!(
+            r#"upstream api {{ server 127.0.0.1:{api_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{front_port};
+        keepalive_requests 100000;
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer bench-token";
+            proxy_buffering off;
+        }}
+    }}"#
+        ),
+    );
+    // The broker, proxying the same API with a token from a stand-in endpoint.
+    let (token_url, _tokens) = stand_in(Arc::new(AtomicU64::new(0)), 3600, Duration::ZERO);
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+workers = 1
+rate_limit_per_second = 0
+
+[upstreams.bench]
+token_url = "{token_url}"
+client_id = "bench"
+client_secret = "bench-secret"
+scopes = ["api:read"]
+
+[upstreams.bench.proxy]
+url = "http://127.0.0.1:{api_port}/api"
+paths = ["/**"]
+
+[[authenticators]]
+type = "api_key"
+keys = [{{ id = "bench", hash = "{hash}", subject = "bench" }}]
+
+[[grants]]
+subjects = ["*"]
+upstreams = {{ bench = ["api:read"] }}
+"#,
+        hash = token_broker::identity::hash_key(API_KEY),
+    );
+    let broker_process = broker(dir.path(), "broker", &config, port, "info");
+    // Warm the token and every connection pool.
+    let client = reqwest::Client::new();
+    let warm = client
+        .get(format!("http://127.0.0.1:{port}/v1/proxy/bench/small"))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.text().await.unwrap(), SMALL);
+
+    let (api_worker, front_worker, broker_pid) = (worker_of(&api), worker_of(&front), broker_process.0.id());
+    let key = vec![format!("X-API-Key: {API_KEY}")];
+    for (size, path) in [("small JSON", "small"), ("1 MiB", "big")] {
+        let cases: Vec<(&str, String, Vec<String>, u32)> = vec![
+            (
+                "API directly",
+                format!("http://127.0.0.1:{api_port}/api/{path}"),
+                vec![],
+                api_worker,
+            ),
+            (
+                "nginx proxy_pass",
+                format!("http://127.0.0.1:{front_port}/api/{path}"),
+                vec![],
+                front_worker,
+            ),
+            (
+                "broker proxy",
+                format!("http://127.0.0.1:{port}/v1/proxy/bench/{path}"),
+                key.clone(),
+                broker_pid,
+            ),
+        ];
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, url, headers, server)) in cases.iter().enumerate() {
+                runs[i].push(wrk(url, headers, *server));
+            }
+        }
+        println!(
+            "{size}: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians); nginx and the broker with 1 worker each"
+        );
+        println!("| case | requests/s | MiB/s | p50 | p99 | vs nginx proxy_pass | proxy CPU per request |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let nginx_rps = median(runs[1].iter().map(|f| f.rps).collect());
+        let bytes = if path == "big" { MIB } else { SMALL.len() } as f64;
+        for (i, (name, ..)) in cases.iter().enumerate() {
+            let rps = median(runs[i].iter().map(|f| f.rps).collect());
+            let p50 = median(runs[i].iter().map(|f| f.p50_ms).collect());
+            let p99 = median(runs[i].iter().map(|f| f.p99_ms).collect());
+            let cpu = median(runs[i].iter().map(|f| f.cpu_us).collect());
+            let ratio = if i == 0 {
+                "—".to_string()
+            } else {
+                format!("{:.2}×", rps / nginx_rps)
+            };
+            println!(
+                "| {name} | {rps:.0} | {:.0} | {p50:.2} ms | {p99:.2} ms | {ratio} | {cpu:.1} µs |",
+                rps * bytes / MIB as f64
+            );
+        }
+        let direct_p99 = median(runs[0].iter().map(|f| f.p99_ms).collect());
+        let broker_p99 = median(runs[2].iter().map(|f| f.p99_ms).collect());
+        println!(
+            "p99 overhead of the broker over a direct call: {:.2} ms\n",
+            broker_p99 - direct_p99
+        );
+    }
+}
