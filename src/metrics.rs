@@ -53,6 +53,24 @@ pub struct Metrics {
     pub proxy_bytes: Family<UpstreamDirection, Counter>,
 }
 
+/// One upstream's proxy metrics, held by the upstream.
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl ProxyMetrics {
+    /// A proxied request the API answered with `status` after `took`.
+    pub fn answered(&self, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamStatus {
     pub upstream: String,
@@ -159,36 +177,36 @@ impl Metrics {
         }
     }
 
-    /// A proxied request the API answered with `status` after `took`.
-    pub fn proxied(&self, upstream: &str, status: u16, took: Duration) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+    /// The proxy metrics of `upstream`, looked up once (when the upstream is built) rather than on
+    /// every request.
+    pub fn proxy_metrics(&self, upstream: &str) -> ProxyMetrics {
+        let status = |class| {
+            self.proxied_requests
+                .get_or_create(&UpstreamStatus {
+                    upstream: upstream.to_string(),
+                    status: class,
+                })
+                .clone()
         };
-        self.proxied_requests
-            .get_or_create(&UpstreamStatus {
-                upstream: upstream.to_string(),
-                status: class,
-            })
-            .inc();
-        self.proxy_duration
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.to_string(),
-            })
-            .observe(took.as_secs_f64());
-    }
-
-    /// The counter of body bytes proxied for `upstream`: `in` to the API, `out` to browsers.
-    pub fn proxy_bytes(&self, upstream: &str, direction: &'static str) -> Counter {
-        self.proxy_bytes
-            .get_or_create(&UpstreamDirection {
-                upstream: upstream.to_string(),
-                direction,
-            })
-            .clone()
+        let bytes = |direction| {
+            self.proxy_bytes
+                .get_or_create(&UpstreamDirection {
+                    upstream: upstream.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        ProxyMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(status),
+            duration: self
+                .proxy_duration
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.to_string(),
+                })
+                .clone(),
+            bytes_in: bytes("in"),
+            bytes_out: bytes("out"),
+        }
     }
 
     pub fn upstream_request(&self, upstream: &str, outcome: &'static str, took: Option<Duration>) {

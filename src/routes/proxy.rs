@@ -92,10 +92,10 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         let token = served.token.access_token.expose_secret();
         return open_websocket(&req, payload, url, &caller, token, settings)
             .await
-            .inspect(|_| broker.metrics.proxied(name, 101, std::time::Duration::ZERO));
+            .inspect(|_| upstream.proxy_metrics.answered(101, std::time::Duration::ZERO));
     }
     let too_large = Arc::new(AtomicBool::new(false));
-    let bytes_in = broker.metrics.proxy_bytes(name, "in");
+    let bytes_in = upstream.proxy_metrics.bytes_in.clone();
     let body = request_body(&req, payload, settings.max_body_bytes, too_large.clone(), bytes_in).await?;
     let send = |token: String, body: Body| {
         let url = url.clone();
@@ -140,7 +140,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         }
     })?;
     let status = response.status().as_u16();
-    broker.metrics.proxied(name, status, started.elapsed());
+    upstream.proxy_metrics.answered(status, started.elapsed());
     RequestId::with(&req, |request_id| {
         tracing::info!(
             target: "token_broker::audit",
@@ -155,7 +155,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             "request proxied"
         )
     });
-    Ok(answer_of(response, &broker, name))
+    answer_of(response, upstream).await
 }
 
 /// A `GET` asking to become a WebSocket (RFC 6455 §4.1).
@@ -301,8 +301,9 @@ async fn replacement(
 }
 
 /// The API's answer as the browser gets it: its status, its headers but those never returned, and
-/// its body streamed through (counted for the metrics).
-fn answer_of(response: reqwest::Response, broker: &Broker, upstream: &str) -> HttpResponse {
+/// its body: read whole when it is small (no streaming machinery for a short JSON answer), else
+/// streamed through. Either way counted for the metrics.
+async fn answer_of(response: reqwest::Response, upstream: &Upstream) -> Result<HttpResponse, ApiError> {
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut answer = HttpResponse::build(status);
     let connection = connection_names(response.headers());
@@ -313,15 +314,29 @@ fn answer_of(response: reqwest::Response, broker: &Broker, upstream: &str) -> Ht
             }
         }
     }
-    let length = response.content_length();
-    let counter = broker.metrics.proxy_bytes(upstream, "out");
-    let body = response.bytes_stream().inspect(move |chunk| {
-        if let Ok(bytes) = chunk {
-            counter.inc_by(bytes.len() as u64);
+    let counter = upstream.proxy_metrics.bytes_out.clone();
+    match response.content_length() {
+        Some(length) if length <= REPLAYABLE_BODY_BYTES => {
+            let body = response.bytes().await.map_err(|error| {
+                ApiError::Api(if error.is_timeout() {
+                    ForwardError::Timeout
+                } else {
+                    ForwardError::Unreachable(error)
+                })
+            })?;
+            counter.inc_by(body.len() as u64);
+            Ok(answer.body(body))
         }
-    });
-    match length {
-        Some(length) => answer.body(SizedStream::new(length, body)),
-        None => answer.body(BodyStream::new(body)),
+        length => {
+            let body = response.bytes_stream().inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    counter.inc_by(bytes.len() as u64);
+                }
+            });
+            Ok(match length {
+                Some(length) => answer.body(SizedStream::new(length, body)),
+                None => answer.body(BodyStream::new(body)),
+            })
+        }
     }
 }

@@ -20,7 +20,7 @@ use rand::Rng;
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
-use crate::metrics::{Metrics, UpstreamLabel};
+use crate::metrics::{Metrics, ProxyMetrics, UpstreamLabel};
 use crate::scope::ScopeSet;
 use crate::upstream::config::{CredentialFingerprint, UpstreamSettings};
 
@@ -46,6 +46,8 @@ pub struct Upstream {
     pub credentials: CredentialFingerprint,
     /// The upstream's metric label, made once rather than on every request.
     pub label: UpstreamLabel,
+    /// This upstream's proxy metrics, looked up once.
+    pub proxy_metrics: ProxyMetrics,
     client: TokenClient,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -95,6 +97,7 @@ impl Upstream {
                 upstream: settings.name.clone(),
             },
             credentials: settings.credential_fingerprint(),
+            proxy_metrics: metrics.proxy_metrics(&settings.name),
             settings,
             client,
             clock,
