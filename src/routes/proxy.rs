@@ -55,7 +55,9 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     } else {
         CrossSiteCheck::CsrfHeader
     };
-    let identity = authenticate_as(&req, &state, check).await?;
+    // The sub-futures are boxed: inlined, they made this handler's future so large that moving it
+    // into actix's box copied tens of kilobytes per request.
+    let identity = Box::pin(authenticate_as(&req, &state, check)).await?;
     let name = req.match_info().get("upstream").unwrap_or_default();
     let upstream = state.upstreams.get(name).ok_or(ApiError::UnknownUpstream)?;
     let settings = upstream.settings.proxy.as_ref().ok_or(ApiError::UnknownUpstream)?;
@@ -68,7 +70,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         return Err(ApiError::AccessDenied(Denied::PathNotAllowed));
     }
     let entitlement = state.policy.entitle(&identity, name, settings.scopes.clone())?;
-    let served = broker.tokens.get(upstream, &entitlement.scopes).await?;
+    let served = Box::pin(broker.tokens.get(upstream, &entitlement.scopes)).await?;
     let mut url = settings.url.clone();
     url.set_path(&format!(
         "{}{}",
@@ -90,13 +92,20 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     };
     if websocket {
         let token = served.token.access_token.expose_secret();
-        return open_websocket(&req, payload, url, &caller, token, settings)
+        return Box::pin(open_websocket(&req, payload, url, &caller, token, settings))
             .await
             .inspect(|_| upstream.proxy_metrics.answered(101, std::time::Duration::ZERO));
     }
     let too_large = Arc::new(AtomicBool::new(false));
     let bytes_in = upstream.proxy_metrics.bytes_in.clone();
-    let body = request_body(&req, payload, settings.max_body_bytes, too_large.clone(), bytes_in).await?;
+    let body = Box::pin(request_body(
+        &req,
+        payload,
+        settings.max_body_bytes,
+        too_large.clone(),
+        bytes_in,
+    ))
+    .await?;
     let send = |token: String, body: Body| {
         let url = url.clone();
         let caller = &caller;
@@ -122,13 +131,22 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     let started = Instant::now();
     let replay = body.replay();
     let token = served.token.access_token.expose_secret().to_string();
-    let mut answer = send(token.clone(), body).await;
+    let mut answer = Box::pin(send(token.clone(), body)).await;
     // The API refused the token: replace it once (as a report would) and send again, when the body
     // can be sent again.
     if let (Ok(response), Some(body)) = (&answer, replay) {
         if response.status() == 401 {
-            if let Some(fresh) = replacement(&broker, upstream, &entitlement.scopes, &token, &state, &identity).await {
-                answer = send(fresh, body).await;
+            if let Some(fresh) = Box::pin(replacement(
+                &broker,
+                upstream,
+                &entitlement.scopes,
+                &token,
+                &state,
+                &identity,
+            ))
+            .await
+            {
+                answer = Box::pin(send(fresh, body)).await;
             }
         }
     }
@@ -155,7 +173,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             "request proxied"
         )
     });
-    answer_of(response, upstream).await
+    Box::pin(answer_of(response, upstream)).await
 }
 
 /// A `GET` asking to become a WebSocket (RFC 6455 §4.1).
