@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::{broker, children, free_port, median, stand_in, wait_for_port, wrk, Figures, Killed};
+use support::{broker, free_port, median, nginx, stand_in, worker_of, wrk, Figures};
 
 const API_KEY: &str = "bench-api-key";
 use support::{CONNECTIONS, ROUND, ROUNDS};
@@ -110,53 +109,6 @@ upstreams = {{ bench = ["reports:read"] }}
     )
 }
 
-/// nginx with one worker answering `body` from memory, as the physical reference.
-fn nginx(dir: &std::path::Path, port: u16, body: &str) -> Killed {
-    let d = dir.display();
-    let user = if Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0") {
-        "user root;"
-    } else {
-        ""
-    };
-    let conf = format!(
-        r#"{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            default_type application/json;
-            add_header Cache-Control no-store;
-            return 200 '{body}';
-        }}
-    }}
-}}
-"#
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"))
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is installed (scripts/bench installs it)");
-    wait_for_port(port);
-    Killed(child)
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -208,15 +160,24 @@ async fn main() {
         assert!(request.send().await.unwrap().status().is_success());
     }
     let nginx_port = free_port();
-    let nginx_process = nginx(dir.path(), nginx_port, &body);
+    let nginx_process = nginx(
+        dir.path(),
+        "static",
+        nginx_port,
+        &format!(
+            r#"server {{
+        listen 127.0.0.1:{nginx_port};
+        location / {{
+            default_type application/json;
+            add_header Cache-Control no-store;
+            return 200 '{body}';
+        }}
+    }}"#
+        ),
+    );
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/v1/token/bench");
     // The process whose CPU time each case is charged: nginx's one worker, the broker itself.
-    let nginx_worker = loop {
-        if let [worker] = children(nginx_process.0.id())[..] {
-            break worker;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let nginx_worker = worker_of(&nginx_process);
     let broker_pid = broker_process.0.id();
 
     let cases: Vec<(&str, String, Vec<String>, u32)> = vec![

@@ -170,3 +170,55 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
 }
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0")
+}
+
+/// An nginx with one worker, its files under `dir/name`: `server` is what goes in its `http` block.
+pub fn nginx(dir: &std::path::Path, name: &str, port: u16, server: &str) -> Killed {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let d = d.display();
+    let conf = format!(
+        r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    {server}
+}}
+"#,
+        user = if is_root() { "user root;" } else { "" },
+    );
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p"])
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join(name).join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is installed (scripts/bench installs it)");
+    wait_for_port(port);
+    Killed(child)
+}
+
+/// nginx's one worker process, under its master.
+pub fn worker_of(master: &Killed) -> u32 {
+    loop {
+        if let [worker] = children(master.0.id())[..] {
+            return worker;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -41,6 +41,17 @@ fn proxy_url(app: &TestApp, rest: &str) -> String {
     format!("{}/v1/proxy/triumph{rest}", app.base)
 }
 
+/// `method` on the proxy route `rest`, as the caller with `key`.
+async fn proxied(s: &Setup, method: reqwest::Method, rest: &str, key: &str) -> reqwest::Response {
+    s.app
+        .http
+        .request(method, proxy_url(&s.app, rest))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn header_of<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -191,14 +202,7 @@ async fn traversal_and_smuggling_forms_are_refused_and_nothing_reaches_the_api()
 #[tokio::test]
 async fn a_method_the_upstream_does_not_allow_is_405_and_nothing_is_sent() {
     let s = setup("").await;
-    let response = s
-        .app
-        .http
-        .delete(proxy_url(&s.app, "/reports/42"))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = proxied(&s, reqwest::Method::DELETE, "/reports/42", BOB_KEY).await;
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET, POST");
     assert_eq!(upstream_calls(&s.api).await, 0);
@@ -210,14 +214,7 @@ async fn callers_without_a_grant_or_credential_are_refused_before_anything_is_se
     let s = setup("").await;
     let anonymous = s.app.http.get(proxy_url(&s.app, "/me")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    let carol = s
-        .app
-        .http
-        .get(proxy_url(&s.app, "/me"))
-        .header("X-API-Key", CAROL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let carol = proxied(&s, reqwest::Method::GET, "/me", CAROL_KEY).await;
     assert_eq!(carol.status(), 403);
     let unknown = s
         .app
@@ -241,14 +238,7 @@ async fn with_expose_tokens_false_the_token_route_is_closed_and_the_proxy_still_
     let token = s.app.get_token(BOB_KEY, "triumph", None).await;
     assert_eq!(token.status(), 403);
     assert_eq!(token.json::<Value>().await.unwrap()["error"], "access_denied");
-    let proxied = s
-        .app
-        .http
-        .get(proxy_url(&s.app, "/me"))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let proxied = proxied(&s, reqwest::Method::GET, "/me", BOB_KEY).await;
     assert_eq!(proxied.status(), 200);
 }
 
@@ -297,14 +287,7 @@ async fn a_slow_api_is_504_at_the_proxy_timeout() {
         .mount(&s.api)
         .await;
     let started = Instant::now();
-    let response = s
-        .app
-        .http
-        .get(proxy_url(&s.app, "/me"))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = proxied(&s, reqwest::Method::GET, "/me", BOB_KEY).await;
     assert_eq!(response.status(), 504);
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_timeout");
     assert!(
@@ -326,14 +309,7 @@ async fn bodies_stream_both_ways_and_the_cap_applies() {
         .respond_with(|request: &Request| ResponseTemplate::new(200).set_body_string(request.body.len().to_string()))
         .mount(&s.api)
         .await;
-    let got = s
-        .app
-        .http
-        .get(proxy_url(&s.app, "/reports/big"))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let got = proxied(&s, reqwest::Method::GET, "/reports/big", BOB_KEY).await;
     assert_eq!(got.headers()["content-length"], download.len().to_string().as_str());
     assert_eq!(got.bytes().await.unwrap().len(), download.len());
 

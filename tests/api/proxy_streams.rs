@@ -91,6 +91,16 @@ fn start_api(seen: Arc<Seen>) -> String {
     base
 }
 
+/// The stand-in API, a token endpoint and the broker binary proxying `triumph` to the API.
+async fn setup() -> (Arc<Seen>, BrokerProcess, wiremock::MockServer, tempfile::TempDir) {
+    let seen = Arc::new(Seen::default());
+    let api = start_api(seen.clone());
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), &format!("{}/token", tokens.uri()), &api);
+    (seen, broker, tokens, dir)
+}
+
 fn start_broker(dir: &std::path::Path, token_url: &str, api: &str) -> BrokerProcess {
     let toml = config(token_url, "client_secret_post").replacen(
         "timeout = \"2s\"",
@@ -115,11 +125,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gibibyte_streams_through_each_way_with_the_brokers_memory_bounded() {
-    let seen = Arc::new(Seen::default());
-    let api = start_api(seen.clone());
-    let tokens = token_endpoint(IssueTokens::new(3600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), &format!("{}/token", tokens.uri()), &api);
+    let (seen, broker, _tokens, _dir) = setup().await;
     let http = reqwest::Client::new();
     let small = http
         .get(format!("{}/v1/proxy/triumph/download/1024", broker.base))
@@ -172,11 +178,7 @@ async fn a_gibibyte_streams_through_each_way_with_the_brokers_memory_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_goes_away_takes_the_api_request_with_it() {
-    let seen = Arc::new(Seen::default());
-    let api = start_api(seen.clone());
-    let tokens = token_endpoint(IssueTokens::new(3600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path(), &format!("{}/token", tokens.uri()), &api);
+    let (seen, broker, _tokens, _dir) = setup().await;
     let http = reqwest::Client::new();
 
     // A download the caller stops reading and drops.
