@@ -109,7 +109,11 @@ fn start_broker(dir: &std::path::Path, token_url: &str, api: &str) -> BrokerProc
         ),
         1,
     );
-    BrokerProcess::start(&write(dir, "broker.toml", &toml), &[("TRIUMPH_SECRET", CLIENT_SECRET)])
+    // At info, as operators run it: trace logging of a gibibyte of I/O would measure the log buffer.
+    BrokerProcess::start(
+        &write(dir, "broker.toml", &toml),
+        &[("TRIUMPH_SECRET", CLIENT_SECRET), ("RUST_LOG", "info")],
+    )
 }
 
 /// The most memory the process has held (VmHWM), in MiB.
@@ -151,6 +155,7 @@ async fn a_gibibyte_streams_through_each_way_with_the_brokers_memory_bounded() {
     }
     assert_eq!(received, GIB);
     let down = started.elapsed();
+    let after_download = peak_rss_mib(broker.pid());
 
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
@@ -172,8 +177,15 @@ async fn a_gibibyte_streams_through_each_way_with_the_brokers_memory_bounded() {
     let up = started.elapsed();
 
     let peak = peak_rss_mib(broker.pid());
-    println!("1 GiB down in {down:?}, up in {up:?}; broker peak RSS {before:.1} MiB before, {peak:.1} MiB after");
-    assert!(peak < 64.0, "the broker held {peak:.1} MiB at its peak");
+    println!("1 GiB down in {down:?}, up in {up:?}; broker peak RSS {before:.1} MiB before, {after_download:.1} MiB after the download, {peak:.1} MiB after");
+    // Bounded, not proportional: 2 GiB moved through, and the most the broker ever held grew by a
+    // few buffers and what the allocator keeps (the debug build starts near 50 MiB; the release
+    // build's peak is in docs/performance.md).
+    assert!(
+        peak - before < 40.0,
+        "the broker's peak grew by {:.1} MiB",
+        peak - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
