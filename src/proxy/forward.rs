@@ -243,6 +243,7 @@ mod tests {
             "transfer-encoding",
             "access-control-allow-origin",
             "access-control-allow-credentials",
+            "x-token-broker-error",
             "x-hop",
         ] {
             assert!(!returned(&HeaderName::from_static(name), &connection), "{name}");
