@@ -112,6 +112,20 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                 settings.authenticators.len(),
                 settings.grants.len()
             );
+            // What shapes each upstream's tokens, so an operator can see what a change or a
+            // rotation of credentials changed (the fingerprint is a hash prefix, never a secret).
+            for (name, upstream) in &settings.upstreams {
+                println!(
+                    "upstream {name}: token endpoint {}, {}, credentials {}{}",
+                    upstream.token_url,
+                    upstream.auth_method,
+                    upstream.credential_fingerprint(),
+                    upstream
+                        .proxy
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(", proxy to {}", p.url)),
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

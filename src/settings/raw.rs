@@ -89,6 +89,8 @@ pub struct Upstream {
     #[serde(default, deserialize_with = "string_or_list")]
     pub scopes: Vec<String>,
     pub audience: Option<String>,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub resource: Vec<String>,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     pub timeout: Option<DurationText>,

@@ -290,3 +290,25 @@ fn a_problem_in_an_environment_override_names_the_variable() {
         "{problems}"
     );
 }
+
+#[test]
+fn resource_indicators_are_absolute_uris_and_shape_the_fingerprint() {
+    let with = |resource: &str| {
+        Settings::from_toml(
+            &MINIMAL.replace(
+                "scopes = [\"reports:read\", \"reports:write\"]",
+                &format!("scopes = [\"reports:read\", \"reports:write\"]\nresource = {resource}"),
+            ),
+            &env(&[("TRIUMPH_SECRET", "s")]),
+        )
+    };
+    let a = with("[\"https://api.example.com/\"]").unwrap();
+    let b = with("[\"https://other.example.com/\"]").unwrap();
+    assert_ne!(
+        a.upstreams["triumph"].credential_fingerprint(),
+        b.upstreams["triumph"].credential_fingerprint()
+    );
+    let problems = with("[\"not a uri\", \"https://api.example.com/#frag\"]").unwrap_err();
+    let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["upstreams.triumph.resource[0]", "upstreams.triumph.resource[1]"]);
+}

@@ -71,6 +71,18 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
             );
         }
     }
+    for (i, resource) in raw.resource.iter().enumerate() {
+        // RFC 8707 §2: an absolute URI without a fragment.
+        if url::Url::parse(resource).map_or(true, |u| u.fragment().is_some()) {
+            check.problem(
+                format!("{}[{i}]", key("resource")),
+                "must be an absolute URI without a fragment (RFC 8707)",
+            );
+        }
+    }
+    if !raw.resource.is_empty() && raw.params.contains_key("resource") {
+        check.problem(key("params.resource"), "give resource indicators in `resource` only");
+    }
     let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(5));
     if raw.max_tokens_per_hour == Some(0) {
         check.problem(
@@ -85,6 +97,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         client_secret,
         auth_method,
         audience: raw.audience.clone(),
+        resource: raw.resource.clone(),
         params: raw.params.clone(),
         timeout,
         max_tokens_per_hour: raw.max_tokens_per_hour,

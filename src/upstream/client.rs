@@ -55,6 +55,8 @@ impl TokenClient {
         if let Some(audience) = &upstream.audience {
             form.push(("audience", audience));
         }
+        // RFC 8707 §2: one `resource` parameter per resource indicator.
+        form.extend(upstream.resource.iter().map(|r| ("resource", r.as_str())));
         form.extend(upstream.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
         let mut request = self

@@ -18,6 +18,15 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
 }
 
+impl fmt::Display for ClientAuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretBasic => "client_secret_basic",
+        })
+    }
+}
+
 /// SHA-256 over an upstream's credentials and token-shaping settings; see
 /// [`UpstreamSettings::credential_fingerprint`]. Its `Debug` shows a prefix only.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,7 +34,14 @@ pub struct CredentialFingerprint(pub [u8; 32]);
 
 impl fmt::Debug for CredentialFingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CredentialFingerprint({})", hex::encode(&self.0[..4]))
+        write!(f, "CredentialFingerprint({self})")
+    }
+}
+
+/// The first 8 hex digits: enough for an operator to see that a rotation changed something.
+impl fmt::Display for CredentialFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..4]))
     }
 }
 
@@ -38,6 +54,8 @@ pub struct UpstreamSettings {
     pub auth_method: ClientAuthMethod,
     pub scopes: ScopeSet,
     pub audience: Option<String>,
+    /// RFC 8707 resource indicators, one `resource` form field each.
+    pub resource: Vec<String>,
     pub params: BTreeMap<String, String>,
     pub timeout: Duration,
     /// Fresh fetches allowed per rolling hour, for vendors that bill or cap tokens.
@@ -72,7 +90,12 @@ impl UpstreamSettings {
             }
             None => field(b"no audience"),
         }
+        for resource in &self.resource {
+            field(b"resource");
+            field(resource.as_bytes());
+        }
         for (name, value) in &self.params {
+            field(b"param");
             field(name.as_bytes());
             field(value.as_bytes());
         }

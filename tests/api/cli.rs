@@ -184,3 +184,46 @@ fn the_shipped_example_configuration_is_valid() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// `check` names each upstream's token endpoint, method and credential fingerprint (a hash prefix,
+/// never the secret), so an operator sees what a rotation changed.
+#[test]
+fn check_shows_each_upstreams_endpoint_method_and_credential_fingerprint() {
+    let text = r#"
+        [upstreams.triumph]
+        token_url = "https://auth.example.com/token"
+        client_id = "id"
+        client_secret = { env = "TB_TEST_SECRET" }
+        auth_method = "client_secret_basic"
+
+        [[authenticators]]
+        type = "api_key"
+        keys = [{ id = "k", hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000", subject = "s" }]
+    "#;
+    let file = write_config(text);
+    let line_with = |secret: &str| {
+        let output = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(file.path())
+            .env("TB_TEST_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert!(!stdout.contains(secret), "{stdout}");
+        stdout
+            .lines()
+            .find(|l| l.starts_with("upstream triumph: "))
+            .unwrap()
+            .to_string()
+    };
+    let before = line_with("first-secret-value");
+    assert!(
+        before.starts_with(
+            "upstream triumph: token endpoint https://auth.example.com/token, client_secret_basic, credentials "
+        ),
+        "{before}"
+    );
+    let after = line_with("rotated-secret-value");
+    assert_ne!(before, after, "a rotated secret shows as another fingerprint");
+}

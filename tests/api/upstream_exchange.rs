@@ -193,3 +193,25 @@ async fn an_endpoint_that_does_not_answer_is_504_within_its_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn resource_indicators_are_sent_one_field_each() {
+    let upstream = upstream_answering(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "access_token": "t", "token_type": "Bearer", "expires_in": 600,
+    })))
+    .await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nresource = [\"https://api.example.com/\", \"https://files.example.com/\"]",
+        1,
+    );
+    let app = TestApp::spawn(&toml).await;
+    assert_eq!(app.get_token(BOB_KEY, "triumph", None).await.status(), 200);
+    let form = form_of(&upstream.received_requests().await.unwrap()[0]);
+    let resources: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| k == "resource")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(resources, ["https://api.example.com/", "https://files.example.com/"]);
+}
