@@ -34,6 +34,10 @@ pub enum LogFormat {
 pub fn filter(spec: Option<&str>) -> Targets {
     spec.and_then(|s| Targets::from_str(s).ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+        // The WebSocket client logs whole handshake requests at trace level, the token in
+        // `Authorization` included: never below info, whatever RUST_LOG says.
+        .with_target("tungstenite", LevelFilter::INFO)
+        .with_target("tokio_tungstenite", LevelFilter::INFO)
 }
 
 /// Flushes the buffered log lines when dropped: hold it for as long as the program runs.

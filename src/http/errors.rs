@@ -95,6 +95,10 @@ impl ApiError {
             Self::Internal(_) => ("internal_error", "the broker could not complete the answer".into()),
             Self::Api(ForwardError::Timeout) => ("upstream_timeout", "the API did not answer in time".into()),
             Self::Api(ForwardError::Unreachable(_)) => ("upstream_error", "the API could not be reached".into()),
+            Self::Api(ForwardError::Informational(_)) => (
+                "upstream_error",
+                "the API answered with a status a request cannot end on".into(),
+            ),
             Self::Api(ForwardError::WebSocket(_)) => (
                 "upstream_error",
                 "the API refused or failed the WebSocket handshake".into(),
@@ -158,7 +162,9 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Api(ForwardError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Api(ForwardError::Unreachable(_) | ForwardError::WebSocket(_)) => StatusCode::BAD_GATEWAY,
+            Self::Api(ForwardError::Unreachable(_) | ForwardError::WebSocket(_) | ForwardError::Informational(_)) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::ProxyMethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,

@@ -15,18 +15,36 @@ use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
 use url::Url;
 
-/// Request headers the broker never passes on, besides hop-by-hop ones and the CSRF header.
+/// Request headers the broker never passes on, besides hop-by-hop ones, `X-Forwarded-*`, names with
+/// an underscore (which CGI-style servers read as their dashed twins) and the CSRF header: the
+/// caller's credentials, its claims about addresses and hosts, and the headers some servers let
+/// override the method or the path the allow-lists decided on.
 const NOT_FORWARDED: &[&str] = &[
     "host",
     "cookie",
+    "cookie2",
     "authorization",
     "x-api-key",
     "origin",
     "referer",
     "content-length",
+    "expect",
+    "http2-settings",
     "forwarded",
     "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-original-host",
+    "x-host",
     "x-request-id",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-envoy-original-path",
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never passed either way.
@@ -62,12 +80,22 @@ impl Body {
     }
 }
 
-/// What the broker knows of the caller, for the `X-Forwarded-*` headers.
+/// What the broker knows of the caller, for the forwarding headers it sets itself.
 pub struct Caller<'a> {
     pub ip: Option<IpAddr>,
     pub scheme: &'a str,
-    pub host: Option<&'a str>,
     pub request_id: &'a str,
+}
+
+impl Caller<'_> {
+    /// `Forwarded` (RFC 7239): the client's address (an IPv6 one quoted in brackets) and scheme.
+    pub fn forwarded(&self) -> String {
+        match self.ip {
+            Some(IpAddr::V6(ip)) => format!("for=\"[{ip}]\";proto={}", self.scheme),
+            Some(ip) => format!("for={ip};proto={}", self.scheme),
+            None => format!("proto={}", self.scheme),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +106,11 @@ pub enum ForwardError {
     Unreachable(#[source] reqwest::Error),
     #[error("the API's WebSocket handshake failed")]
     WebSocket(#[source] Box<super::websocket::HandshakeError>),
+    /// An answer a plain request cannot have, such as `101 Switching Protocols` to a request that
+    /// asked for no upgrade: passed on, it would make a proxy in front treat the connection as a
+    /// tunnel.
+    #[error("the API answered with status {0}, which a plain request cannot get")]
+    Informational(u16),
 }
 
 /// Talks to the APIs. One per process: it holds the connection pool.
@@ -130,9 +163,7 @@ impl Forwarder {
             set("x-forwarded-for", &ip.to_string());
         }
         set("x-forwarded-proto", caller.scheme);
-        if let Some(host) = caller.host {
-            set("x-forwarded-host", host);
-        }
+        set("forwarded", &caller.forwarded());
         set("x-request-id", caller.request_id);
         let request = self.http.request(method, url).headers(headers).timeout(timeout);
         let request = match body {
@@ -140,13 +171,17 @@ impl Forwarder {
             Body::Buffered(bytes) => request.body(bytes),
             Body::Streaming(stream) => request.body(reqwest::Body::wrap_stream(stream)),
         };
-        request.send().await.map_err(|error| {
+        let response = request.send().await.map_err(|error| {
             if error.is_timeout() {
                 ForwardError::Timeout
             } else {
                 ForwardError::Unreachable(error)
             }
-        })
+        })?;
+        if response.status().is_informational() {
+            return Err(ForwardError::Informational(response.status().as_u16()));
+        }
+        Ok(response)
     }
 }
 
@@ -164,6 +199,7 @@ fn request_headers(incoming: &InHeaders, csrf_header: &InName) -> HeaderMap {
         let dropped = NOT_FORWARDED.contains(&lower)
             || HOP_BY_HOP.contains(&lower)
             || lower.starts_with("x-forwarded-")
+            || lower.contains('_')
             || name == csrf_header
             || named_by_connection.iter().any(|n| n == lower);
         if dropped {
@@ -223,6 +259,10 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("host", "broker.example.com"),
             ("origin", "https://app.example.com"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
+            ("x_forwarded_host", "evil"),
+            ("true-client-ip", "1.2.3.4"),
             ("accept", "application/json"),
             ("x-custom", "kept"),
         ] {

@@ -1,7 +1,8 @@
 //! The path a proxied request names, normalised before anything is sent: whatever could escape the
 //! API's base URL or read differently to the API than to the allow-list is refused — `.` and `..`
-//! segments (plain or percent-encoded, once or twice), encoded slashes and backslashes, `//`,
-//! `;` (matrix parameters some servers strip), NUL and control characters, and over-long paths.
+//! segments (plain or percent-encoded, once or twice, or padded with dots and spaces), encoded
+//! slashes and backslashes and their Unicode look-alikes, `//`, `;` (matrix parameters some
+//! servers strip), NUL and control characters, and over-long paths.
 //! What passes is forwarded exactly as received, and matched against the allow-list decoded.
 
 use std::fmt;
@@ -54,7 +55,7 @@ impl ProxyPath {
                     return Err(PathError::EmptySegment);
                 }
                 let decoded = decode(part)?;
-                if decoded == "." || decoded == ".." {
+                if is_dot_segment(&decoded) {
                     return Err(PathError::DotSegment);
                 }
                 segments.push(decoded);
@@ -84,13 +85,42 @@ impl fmt::Display for ProxyPath {
 fn decode(segment: &str) -> Result<String, PathError> {
     let bytes: Vec<u8> = percent_decode(segment.as_bytes()).ok_or(PathError::Encoding)?;
     let text = String::from_utf8(bytes).map_err(|_| PathError::Encoding)?;
-    if text
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '%' | '/' | '\\' | ';') || is_invisible_formatting(c))
-    {
+    if text.chars().any(|c| {
+        c.is_control() || matches!(c, '%' | '/' | '\\' | ';') || is_invisible_formatting(c) || is_look_alike(c)
+    }) {
         return Err(PathError::Encoding);
     }
     Ok(text)
+}
+
+/// `.`, `..`, and what some servers normalise to them: more dots (`...`), or dots with spaces
+/// around them (`.. `, `\u{a0}..`), which Windows file systems and some frameworks trim.
+fn is_dot_segment(segment: &str) -> bool {
+    let trimmed = segment.trim_matches(char::is_whitespace);
+    trimmed.starts_with('.') && trimmed.chars().all(|c| c == '.' || c.is_whitespace())
+}
+
+/// Characters that look like, or are folded by Unicode normalisation (NFKC) into, a dot, a slash
+/// or a backslash: an API that normalises would read a different path than the allow-list did.
+fn is_look_alike(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2024}' // one dot leader
+            | '\u{2025}' // two dot leader
+            | '\u{2026}' // horizontal ellipsis
+            | '\u{FE52}' // small full stop
+            | '\u{FF0E}' // fullwidth full stop
+            | '\u{2044}' // fraction slash
+            | '\u{2215}' // division slash
+            | '\u{FF0F}' // fullwidth solidus
+            | '\u{29F5}' // reverse solidus operator
+            | '\u{FE68}' // small reverse solidus
+            | '\u{FF3C}' // fullwidth reverse solidus
+            | '\u{FF05}' // fullwidth percent sign
+            | '\u{FE6A}' // small percent sign
+            | '\u{FF1B}' // fullwidth semicolon
+            | '\u{FE54}' // small semicolon
+    )
 }
 
 /// Zero-width and bidirectional-override characters: they make a path read differently in a log
@@ -214,6 +244,16 @@ mod tests {
             "/reports/%",
             "/reports/%c0%ae%c0%ae/admin",
             "/reports/%e2%80%ae",
+            "/reports/...",
+            "/reports/..%20/admin",
+            "/reports/%20../admin",
+            "/reports/..%c2%a0/admin",
+            "/reports/%ef%bc%8e%ef%bc%8e/admin",
+            "/reports/%e2%80%a5/admin",
+            "/reports/..%ef%bc%8fadmin",
+            "/reports/..%e2%88%95admin",
+            "/reports/..%ef%bc%bcadmin",
+            "/reports/%ef%bc%85%32%65",
             "reports",
         ] {
             assert!(ProxyPath::parse(path).is_err(), "{path:?} must be refused");
@@ -226,7 +266,17 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_as_received() {
-        for path in ["", "/", "/reports/42", "/reports/a%20b", "/reports/2024-01/", "/me"] {
+        for path in [
+            "",
+            "/",
+            "/reports/42",
+            "/reports/a%20b",
+            "/reports/2024-01/",
+            "/me",
+            "/reports/v1.2",
+            "/reports/.well-known",
+            "/reports/a..b",
+        ] {
             assert_eq!(ProxyPath::parse(path).unwrap().as_str(), path);
         }
     }

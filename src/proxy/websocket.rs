@@ -14,6 +14,9 @@ use url::Url;
 
 use super::forward::Caller;
 
+/// Largest message (joined from fragments) relayed from the page.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// The API's side of a relayed WebSocket.
 pub type ApiSocket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -50,9 +53,7 @@ pub async fn connect(
         set("x-forwarded-for", &ip.to_string());
     }
     set("x-forwarded-proto", caller.scheme);
-    if let Some(host) = caller.host {
-        set("x-forwarded-host", host);
-    }
+    set("forwarded", &caller.forwarded());
     set("x-request-id", caller.request_id);
     if let Some(protocols) = protocols {
         set("sec-websocket-protocol", protocols);
@@ -70,17 +71,21 @@ pub async fn connect(
 }
 
 /// Relays messages between the page (`session`, `from_page`) and the API until either closes.
-pub async fn relay(api: ApiSocket, mut session: actix_ws::Session, mut from_page: actix_ws::MessageStream) {
+pub async fn relay(api: ApiSocket, mut session: actix_ws::Session, from_page: actix_ws::MessageStream) {
+    // Fragmented messages from the page are joined (up to a bound) before they go on.
+    let mut from_page = from_page
+        .aggregate_continuations()
+        .max_continuation_size(MAX_MESSAGE_BYTES);
     let (mut to_api, mut from_api) = api.split();
     loop {
         tokio::select! {
             message = from_page.next() => {
                 let forwarded = match message {
-                    Some(Ok(actix_ws::Message::Text(text))) => ApiMessage::Text(text.to_string().into()),
-                    Some(Ok(actix_ws::Message::Binary(bytes))) => ApiMessage::Binary(bytes),
-                    Some(Ok(actix_ws::Message::Ping(bytes))) => ApiMessage::Ping(bytes),
-                    Some(Ok(actix_ws::Message::Pong(bytes))) => ApiMessage::Pong(bytes),
-                    Some(Ok(actix_ws::Message::Close(reason))) => {
+                    Some(Ok(actix_ws::AggregatedMessage::Text(text))) => ApiMessage::Text(text.to_string().into()),
+                    Some(Ok(actix_ws::AggregatedMessage::Binary(bytes))) => ApiMessage::Binary(bytes),
+                    Some(Ok(actix_ws::AggregatedMessage::Ping(bytes))) => ApiMessage::Ping(bytes),
+                    Some(Ok(actix_ws::AggregatedMessage::Pong(bytes))) => ApiMessage::Pong(bytes),
+                    Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => {
                         let frame = reason.map(|r| CloseFrame {
                             code: u16::from(r.code).into(),
                             reason: r.description.unwrap_or_default().into(),
@@ -88,7 +93,6 @@ pub async fn relay(api: ApiSocket, mut session: actix_ws::Session, mut from_page
                         let _ = to_api.send(ApiMessage::Close(frame)).await;
                         break;
                     }
-                    Some(Ok(_)) => continue,
                     Some(Err(_)) | None => {
                         let _ = to_api.send(ApiMessage::Close(None)).await;
                         break;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actix_web::body::{BodyStream, SizedStream};
-use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -79,22 +79,19 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     ));
     url.set_query(req.uri().query());
     let request_id = RequestId::with(&req, str::to_string);
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
     let caller = Caller {
         ip: ClientAddress::of(&req),
         scheme: ClientAddress::scheme_of(&req),
-        host: host.as_deref(),
         request_id: &request_id,
     };
     if websocket {
         let token = served.token.access_token.expose_secret();
         return Box::pin(open_websocket(&req, payload, url, &caller, token, settings))
             .await
-            .inspect(|_| upstream.proxy_metrics.answered(101, std::time::Duration::ZERO));
+            .inspect(|_| {
+                upstream.proxy_metrics.answered(101, std::time::Duration::ZERO);
+                audit(&req, &identity, name, &path, 101, &served.token.fingerprint);
+            });
     }
     let too_large = Arc::new(AtomicBool::new(false));
     let bytes_in = upstream.proxy_metrics.bytes_in.clone();
@@ -102,6 +99,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         &req,
         payload,
         settings.max_body_bytes,
+        settings.timeout,
         too_large.clone(),
         bytes_in,
     ))
@@ -159,21 +157,33 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     })?;
     let status = response.status().as_u16();
     upstream.proxy_metrics.answered(status, started.elapsed());
-    RequestId::with(&req, |request_id| {
+    audit(&req, &identity, name, &path, status, &served.token.fingerprint);
+    Box::pin(answer_of(response, upstream)).await
+}
+
+/// The audit line of a proxied request (a WebSocket's has status 101).
+fn audit(
+    req: &HttpRequest,
+    identity: &crate::identity::Identity,
+    upstream: &str,
+    path: &ProxyPath,
+    status: u16,
+    token_fingerprint: &str,
+) {
+    RequestId::with(req, |request_id| {
         tracing::info!(
             target: "token_broker::audit",
             request_id,
             authenticator = &*identity.authenticator,
             subject = identity.subject.as_str(),
-            upstream = name,
+            upstream,
             method = req.method().as_str(),
             path = %path,
             status,
-            token_fingerprint = served.token.fingerprint.as_str(),
+            token_fingerprint,
             "request proxied"
         )
     });
-    Box::pin(answer_of(response, upstream)).await
 }
 
 /// A `GET` asking to become a WebSocket (RFC 6455 §4.1).
@@ -204,11 +214,12 @@ async fn open_websocket(
         .headers()
         .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
+    // The page's handshake is checked (key, version) before the API is contacted with the token.
+    let (mut response, session, from_page) = actix_ws::handle(req, payload)
+        .map_err(|_| ApiError::InvalidRequest("not a WebSocket handshake this server can accept".into()))?;
     let (api, chosen) = websocket::connect(url, token, caller, protocols, settings.timeout)
         .await
         .map_err(|error| ApiError::Api(ForwardError::WebSocket(Box::new(error))))?;
-    let (mut response, session, from_page) = actix_ws::handle(req, payload)
-        .map_err(|_| ApiError::InvalidRequest("not a WebSocket handshake this server can accept".into()))?;
     if let Some(chosen) = chosen.and_then(|c| actix_web::http::header::HeaderValue::from_str(&c).ok()) {
         response
             .headers_mut()
@@ -231,6 +242,7 @@ async fn request_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     max: u64,
+    timeout: std::time::Duration,
     too_large: Arc<AtomicBool>,
     bytes_in: prometheus_client::metrics::counter::Counter,
 ) -> Result<Body, ApiError> {
@@ -247,14 +259,23 @@ async fn request_body(
         None if !chunked => return Ok(Body::Empty),
         Some(0) => return Ok(Body::Empty),
         Some(len) if len <= REPLAYABLE_BODY_BYTES => {
-            let mut body = web::BytesMut::with_capacity(len as usize);
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
-                if (body.len() + chunk.len()) as u64 > max {
-                    return Err(ApiError::BodyTooLarge);
+            // A caller that declares a body and sends it slowly must not hold the request open
+            // past the upstream's own time limit.
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read".into()))?;
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Err(ApiError::BodyTooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::InvalidRequest("the request body did not arrive in time".into()))??;
             bytes_in.inc_by(body.len() as u64);
             return Ok(Body::Buffered(body.freeze()));
         }

@@ -80,6 +80,12 @@ async fn a_proxied_request_carries_the_token_and_none_of_the_callers_credentials
         .header("X-Requested-With", "csrf")
         .header("X-Forwarded-For", "6.6.6.6")
         .header("Forwarded", "for=6.6.6.6")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X-Original-URL", "/admin")
+        .header("X-Rewrite-URL", "/admin")
+        .header("True-Client-IP", "6.6.6.6")
+        .header("X_Forwarded_For", "6.6.6.6")
         .header("Accept", "application/json")
         .send()
         .await
@@ -102,7 +108,19 @@ async fn a_proxied_request_carries_the_token_and_none_of_the_callers_credentials
     assert_eq!(header_of(received, "x-forwarded-proto"), Some("http"));
     assert_eq!(header_of(received, "x-request-id"), Some(request_id.as_str()));
     assert_eq!(header_of(received, "accept"), Some("application/json"));
-    for name in ["cookie", "x-api-key", "x-requested-with", "forwarded"] {
+    // The broker states who called, in both forms; what the caller claimed is gone.
+    assert_eq!(header_of(received, "forwarded"), Some("for=127.0.0.1;proto=http"));
+    for name in [
+        "cookie",
+        "x-api-key",
+        "x-requested-with",
+        "x-forwarded-host",
+        "x-http-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "true-client-ip",
+        "x_forwarded_for",
+    ] {
         assert!(received.headers.get(name).is_none(), "{name} was forwarded");
     }
     // The scopes asked for are the caller's grant.
@@ -163,6 +181,15 @@ async fn traversal_and_smuggling_forms_are_refused_and_nothing_reaches_the_api()
         "/reports/%zz",
         "/reports/%c0%ae%c0%ae/admin",
         "/reports/%e2%80%ae",
+        "/reports/...",
+        "/reports/..%20/admin",
+        "/reports/%20../admin",
+        "/reports/..%c2%a0/admin",
+        "/reports/%ef%bc%8e%ef%bc%8e/admin",
+        "/reports/%e2%80%a5/admin",
+        "/reports/..%ef%bc%8fadmin",
+        "/reports/..%e2%88%95admin",
+        "/reports/..%ef%bc%bcadmin",
         "/admin",
         "/me/../admin",
     ];
@@ -353,4 +380,76 @@ async fn bodies_stream_both_ways_and_the_cap_applies() {
         calls,
         "a declared oversized body is not sent"
     );
+}
+
+/// An API that answers `101 Switching Protocols` to a plain request, whatever it was asked.
+async fn switching_api() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn an_api_switching_protocols_on_a_plain_request_is_a_502_not_a_tunnel() {
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let api = switching_api().await;
+    let config = config(&format!("{}/token", tokens.uri()), "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        &format!("timeout = \"2s\"\n[upstreams.triumph.proxy]\nurl = \"{api}\"\nmethods = [\"GET\"]\npaths = [\"/me\"]\ntimeout = \"1s\"\n"),
+        1,
+    );
+    let app = TestApp::spawn(&config).await;
+    let response = app
+        .http
+        .get(proxy_url(&app, "/me"))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().get("upgrade").is_none());
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_error");
+}
+
+#[tokio::test]
+async fn a_small_body_sent_too_slowly_is_refused_at_the_proxy_timeout() {
+    let s = setup("").await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&s.api)
+        .await;
+    let address = s.app.base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    // Declares 100 bytes, sends 10 and stalls.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            stream,
+            "POST /v1/proxy/triumph/reports/x HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {BOB_KEY}\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert_eq!(upstream_calls(&s.api).await, 0);
 }

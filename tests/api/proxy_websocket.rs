@@ -139,3 +139,84 @@ async fn a_cookie_sessions_handshake_needs_an_allowed_origin() {
     );
     assert_eq!(header(&handshakes[0], "authorization"), Some("Bearer token-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_handshake_is_refused_before_the_api_sees_the_token() {
+    let (app, handshakes, _tokens, _session) = setup().await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let answers = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        ["Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n"]
+            .iter()
+            .map(|extra| {
+                let mut stream = std::net::TcpStream::connect(&address).unwrap();
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                write!(
+                    stream,
+                    "GET /v1/proxy/triumph/ws/echo HTTP/1.1\r\nHost: {address}\r\nX-API-Key: {BOB_KEY}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}Connection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut answer = vec![0u8; 2048];
+                let n = stream.read(&mut answer).unwrap_or(0);
+                String::from_utf8_lossy(&answer[..n]).to_string()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for answer in answers {
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(handshakes.lock().unwrap().len(), 0, "the API was never contacted");
+}
+
+/// The WebSocket client library logs whole handshake requests at trace level; the broker's log
+/// filter keeps it at info whatever `RUST_LOG` says, so the token in the handshake stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_at_trace_level_logs_no_token() {
+    use crate::helpers::process::{write, BrokerProcess};
+    const CANARY: &str = "canary-websocket-token-7c1e";
+    let (api, handshakes) = echo_api().await;
+    let tokens = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": CANARY, "token_type": "Bearer", "expires_in": 600,
+        })))
+        .mount(&tokens)
+        .await;
+    let toml = config(&format!("{}/token", tokens.uri()), "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        &format!("timeout = \"2s\"\n[upstreams.triumph.proxy]\nurl = \"{api}/v2\"\npaths = [\"/ws/**\"]\n"),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(
+        &write(dir.path(), "broker.toml", &toml),
+        &[("TRIUMPH_SECRET", CLIENT_SECRET)],
+    );
+    let url = format!("{}/v1/proxy/triumph/ws/echo", broker.base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-api-key", HeaderValue::from_static(BOB_KEY));
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the handshake succeeds");
+    socket.send(Message::text("hello")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("hello"));
+    socket.close(None).await.unwrap();
+    assert_eq!(
+        header(&handshakes.lock().unwrap()[0], "authorization").map(str::to_string),
+        Some(format!("Bearer {CANARY}"))
+    );
+    broker.wait_for_log("request proxied", std::time::Duration::from_secs(5));
+    broker.stop();
+    let logs = broker.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("\"level\":\"TRACE\"")),
+        "trace lines were captured"
+    );
+    for line in &logs {
+        assert!(!line.contains(CANARY), "the token appears in a log line: {line}");
+    }
+}
