@@ -84,8 +84,12 @@ pub struct Redis {
 pub struct Upstream {
     pub token_url: String,
     pub client_id: String,
-    pub client_secret: Secret,
+    pub client_secret: Option<Secret>,
     pub auth_method: Option<String>,
+    pub private_key: Option<Secret>,
+    pub signing_alg: Option<String>,
+    pub key_id: Option<String>,
+    pub assertion_audience: Option<String>,
     #[serde(default, deserialize_with = "string_or_list")]
     pub scopes: Vec<String>,
     pub audience: Option<String>,

@@ -11,9 +11,19 @@ use actix_web::http::Method;
 use crate::proxy::config::ProxySettings;
 use crate::proxy::path::PathPattern;
 use crate::scope::ScopeSet;
+use crate::upstream::assertion::{KeyError, PrivateKey};
 use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
+use secrecy::{ExposeSecret, SecretString};
 
-const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope", "audience"];
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "scope",
+    "audience",
+];
 
 /// `[upstreams.*]`.
 pub(super) fn validate(
@@ -50,18 +60,22 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
     if raw.client_id.trim().is_empty() {
         check.problem(key("client_id"), "must not be empty");
     }
-    let client_secret = check.secret(&key("client_secret"), &raw.client_secret, env);
     let auth_method = match raw.auth_method.as_deref().unwrap_or("client_secret_post") {
         "client_secret_post" => ClientAuthMethod::ClientSecretPost,
         "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
+        "client_secret_jwt" => ClientAuthMethod::ClientSecretJwt,
+        "private_key_jwt" => ClientAuthMethod::PrivateKeyJwt,
         other => {
             check.problem(
                 key("auth_method"),
-                format!("`{other}` is not client_secret_post or client_secret_basic"),
+                format!(
+                    "`{other}` is not client_secret_post, client_secret_basic, client_secret_jwt or private_key_jwt"
+                ),
             );
             ClientAuthMethod::ClientSecretPost
         }
     };
+    let (client_secret, private_key) = credentials(check, name, raw, auth_method, env);
     let scopes = check.scopes(&key("scopes"), &raw.scopes);
     for param in raw.params.keys() {
         if RESERVED_PARAMS.contains(&param.as_str()) {
@@ -96,6 +110,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         client_id: raw.client_id.clone(),
         client_secret,
         auth_method,
+        private_key,
         audience: raw.audience.clone(),
         resource: raw.resource.clone(),
         params: raw.params.clone(),
@@ -108,6 +123,72 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         expose_tokens: raw.expose_tokens.unwrap_or(true),
         scopes,
     })
+}
+
+/// The credential `auth_method` uses: the client secret, or the private key (parsed and checked
+/// against `signing_alg` now, so that a wrong key stops start-up rather than a request).
+fn credentials(
+    check: &mut Check,
+    name: &str,
+    raw: &raw::Upstream,
+    auth_method: ClientAuthMethod,
+    env: &Env,
+) -> (SecretString, Option<PrivateKey>) {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    let uses_key = auth_method == ClientAuthMethod::PrivateKeyJwt;
+    let signs = matches!(
+        auth_method,
+        ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::ClientSecretJwt
+    );
+    let unused = |check: &mut Check, field: &str, present: bool| {
+        if present {
+            check.problem(key(field), format!("is not used with auth_method = \"{auth_method}\""));
+        }
+    };
+    unused(check, "signing_alg", !uses_key && raw.signing_alg.is_some());
+    unused(check, "key_id", !uses_key && raw.key_id.is_some());
+    unused(check, "assertion_audience", !signs && raw.assertion_audience.is_some());
+    match raw.assertion_audience.as_deref() {
+        None | Some("token_endpoint") => {}
+        Some(other) => check.problem(
+            key("assertion_audience"),
+            format!("`{other}` is not supported: the assertion's audience is the token endpoint (\"token_endpoint\")"),
+        ),
+    }
+    if !uses_key {
+        unused(check, "private_key", raw.private_key.is_some());
+        let secret = match &raw.client_secret {
+            Some(secret) => check.secret(&key("client_secret"), secret, env),
+            None => {
+                check.problem(
+                    key("client_secret"),
+                    format!("is required with auth_method = \"{auth_method}\""),
+                );
+                SecretString::from(String::new())
+            }
+        };
+        return (secret, None);
+    }
+    unused(check, "client_secret", raw.client_secret.is_some());
+    let Some(pem) = &raw.private_key else {
+        check.problem(key("private_key"), "is required with auth_method = \"private_key_jwt\"");
+        return (SecretString::from(String::new()), None);
+    };
+    let pem = check.secret(&key("private_key"), pem, env);
+    if pem.expose_secret().is_empty() {
+        return (SecretString::from(String::new()), None);
+    }
+    match PrivateKey::from_pem(&pem, raw.signing_alg.as_deref(), raw.key_id.as_deref()) {
+        Ok(private_key) => (SecretString::from(String::new()), Some(private_key)),
+        Err(error @ (KeyError::UnknownAlg(_) | KeyError::AlgDoesNotFit { .. })) => {
+            check.problem(key("signing_alg"), error.to_string());
+            (SecretString::from(String::new()), None)
+        }
+        Err(error) => {
+            check.problem(key("private_key"), error.to_string());
+            (SecretString::from(String::new()), None)
+        }
+    }
 }
 
 /// `[upstreams.<name>.proxy]`: where the API is and what may be forwarded to it.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::error::{OAuthErrorCode, UpstreamError};
 use crate::outbound::{self, FetchError};
 use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
+use crate::upstream::assertion;
 use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
 
 /// Token responses are small; anything larger is refused before it fills memory.
@@ -74,6 +75,27 @@ impl TokenClient {
                     basic_authorization(&upstream.client_id, &upstream.client_secret),
                 );
             }
+            ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt => {
+                form.push(("client_id", &upstream.client_id));
+                form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+            }
+        }
+        // Signed here, per request: each assertion has its own `jti` and a 60-second life.
+        let audience = upstream.token_url.as_str();
+        let signed = match (&upstream.auth_method, &upstream.private_key) {
+            (ClientAuthMethod::PrivateKeyJwt, Some(key)) => Some(key.sign(&upstream.client_id, audience)),
+            (ClientAuthMethod::ClientSecretJwt, _) => Some(assertion::sign_with_secret(
+                &upstream.client_secret,
+                &upstream.client_id,
+                audience,
+            )),
+            _ => None,
+        };
+        let assertion = signed
+            .transpose()
+            .map_err(|_| UpstreamError::InvalidResponse("the client assertion could not be signed"))?;
+        if let Some(assertion) = &assertion {
+            form.push(("client_assertion", assertion));
         }
         let body =
             serde_urlencoded::to_string(&form).map_err(|_| UpstreamError::InvalidResponse("request encoding"))?;

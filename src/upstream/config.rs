@@ -9,6 +9,7 @@ use url::Url;
 
 use crate::proxy::config::ProxySettings;
 use crate::scope::ScopeSet;
+use crate::upstream::assertion::PrivateKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuthMethod {
@@ -16,6 +17,10 @@ pub enum ClientAuthMethod {
     ClientSecretPost,
     /// RFC 6749 §2.3.1: HTTP Basic with the form-urlencoded id and secret.
     ClientSecretBasic,
+    /// RFC 7523 §2.2: an assertion signed with the client secret (HS256).
+    ClientSecretJwt,
+    /// RFC 7523 §2.2: an assertion signed with the client's private key.
+    PrivateKeyJwt,
 }
 
 impl fmt::Display for ClientAuthMethod {
@@ -23,6 +28,8 @@ impl fmt::Display for ClientAuthMethod {
         f.write_str(match self {
             Self::ClientSecretPost => "client_secret_post",
             Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretJwt => "client_secret_jwt",
+            Self::PrivateKeyJwt => "private_key_jwt",
         })
     }
 }
@@ -50,8 +57,11 @@ pub struct UpstreamSettings {
     pub name: String,
     pub token_url: Url,
     pub client_id: String,
+    /// Empty with `private_key_jwt`, which signs with `private_key` instead.
     pub client_secret: SecretString,
     pub auth_method: ClientAuthMethod,
+    /// The key `private_key_jwt` signs with.
+    pub private_key: Option<PrivateKey>,
     pub scopes: ScopeSet,
     pub audience: Option<String>,
     /// RFC 8707 resource indicators, one `resource` form field each.
@@ -83,6 +93,12 @@ impl UpstreamSettings {
         field(self.client_id.as_bytes());
         field(format!("{:?}", self.auth_method).as_bytes());
         field(self.client_secret.expose_secret().as_bytes());
+        if let Some(key) = &self.private_key {
+            field(b"private key");
+            field(key.pem().expose_secret().as_bytes());
+            field(format!("{:?}", key.alg()).as_bytes());
+            field(key.kid().as_bytes());
+        }
         match &self.audience {
             Some(audience) => {
                 field(b"audience");

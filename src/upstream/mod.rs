@@ -1,6 +1,7 @@
 //! The upstream token endpoint: the client-credentials request (RFC 6749 §4.4), its errors, and
 //! the retries, circuit breaker and memory of refusals around it.
 
+pub mod assertion;
 mod client;
 pub mod config;
 mod error;

@@ -7,6 +7,7 @@ mod helpers;
 mod browser;
 mod caching;
 mod cli;
+mod client_assertions;
 mod contract;
 mod cors;
 mod deploy;

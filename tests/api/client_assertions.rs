@@ -1,0 +1,270 @@
+//! `private_key_jwt` and `client_secret_jwt` (RFC 7523 §2.2): the broker signs a new assertion for
+//! every token request, and the token endpoint verifies it with the client's public key (or the
+//! shared secret). Keys are made by `openssl genpkey`, as an operator would make them.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::*;
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A PKCS#8 private key and its public key, both PEM, from `openssl genpkey <args>`.
+fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> (String, String) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let made = Command::new("openssl")
+        .args(["genpkey", "-out"])
+        .arg(&private)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
+    let exported = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl runs");
+    assert!(exported.success());
+    (
+        private.to_str().unwrap().to_string(),
+        std::fs::read_to_string(public).unwrap(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    jti: String,
+    iat: u64,
+    exp: u64,
+}
+
+/// A token endpoint that accepts only a valid assertion for `CLIENT_ID` addressed to itself, once
+/// per `jti`; it answers `invalid_client` otherwise, as an authorization server does.
+#[derive(Clone)]
+struct VerifyAssertion {
+    key: DecodingKey,
+    alg: Algorithm,
+    audience: String,
+    jtis: Arc<Mutex<Vec<String>>>,
+}
+
+impl Respond for VerifyAssertion {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let refuse = || ResponseTemplate::new(401).set_body_json(serde_json::json!({ "error": "invalid_client" }));
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&request.body).unwrap();
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        if field("client_assertion_type") != Some(ASSERTION_TYPE)
+            || field("client_id") != Some(CLIENT_ID)
+            || field("client_secret").is_some()
+            || request.headers.get("authorization").is_some()
+        {
+            return refuse();
+        }
+        let mut validation = Validation::new(self.alg);
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[CLIENT_ID]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let Ok(data) = jsonwebtoken::decode::<Claims>(field("client_assertion").unwrap_or(""), &self.key, &validation)
+        else {
+            return refuse();
+        };
+        let claims = data.claims;
+        let mut jtis = self.jtis.lock().unwrap();
+        if claims.sub != CLIENT_ID || claims.exp > claims.iat + 60 || jtis.contains(&claims.jti) {
+            return refuse();
+        }
+        jtis.push(claims.jti);
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": format!("token-{}", jtis.len()), "token_type": "Bearer", "expires_in": 600,
+        }))
+    }
+}
+
+async fn verifying_endpoint(key: DecodingKey, alg: Algorithm) -> (MockServer, Arc<Mutex<Vec<String>>>) {
+    let server = MockServer::start().await;
+    let jtis = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(VerifyAssertion {
+            key,
+            alg,
+            audience: format!("{}/token", server.uri()),
+            jtis: jtis.clone(),
+        })
+        .mount(&server)
+        .await;
+    (server, jtis)
+}
+
+/// The usual configuration with triumph signing its requests: `credential` replaces the secret.
+fn assertion_config(server: &MockServer, auth_method: &str, credential: &str) -> String {
+    config(&format!("{}/token", server.uri()), auth_method).replacen(
+        "client_secret = { env = \"TRIUMPH_SECRET\" }",
+        credential,
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_signs_a_new_assertion_per_request_with_rsa_ec_and_ed25519_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], Option<&str>, Algorithm); 5] = [
+        (
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            None,
+            Algorithm::RS256,
+        ),
+        (
+            "rsa-pss",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            Some("PS256"),
+            Algorithm::PS256,
+        ),
+        (
+            "p256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            None,
+            Algorithm::ES256,
+        ),
+        (
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            None,
+            Algorithm::ES384,
+        ),
+        ("ed25519", &["-algorithm", "ED25519"], None, Algorithm::EdDSA),
+    ];
+    for (name, args, signing_alg, alg) in cases {
+        let (private, public) = openssl_key(dir.path(), name, args);
+        let decoding = match alg {
+            Algorithm::RS256 | Algorithm::PS256 => DecodingKey::from_rsa_pem(public.as_bytes()),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(public.as_bytes()),
+            _ => DecodingKey::from_ec_pem(public.as_bytes()),
+        }
+        .unwrap();
+        let (server, jtis) = verifying_endpoint(decoding, alg).await;
+        let mut credential = format!("private_key = {{ file = \"{private}\" }}\nkey_id = \"{name}-2026\"");
+        if let Some(signing_alg) = signing_alg {
+            credential.push_str(&format!("\nsigning_alg = \"{signing_alg}\""));
+        }
+        let app = TestApp::spawn(&assertion_config(&server, "private_key_jwt", &credential)).await;
+        for scope in ["reports:read", "reports:write"] {
+            let response = app.get_token(ALICE_KEY, "triumph", Some(scope)).await;
+            assert_eq!(response.status(), 200, "{name}: {}", response.text().await.unwrap());
+        }
+        assert_eq!(upstream_calls(&server).await, 2, "{name}");
+        let jtis = jtis.lock().unwrap().clone();
+        assert_eq!(
+            jtis.iter().collect::<BTreeSet<_>>().len(),
+            2,
+            "{name}: each request signs anew"
+        );
+        let header = {
+            let requests = server.received_requests().await.unwrap();
+            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&requests[0].body).unwrap();
+            let assertion = &form.iter().find(|(k, _)| k == "client_assertion").unwrap().1;
+            jsonwebtoken::decode_header(assertion).unwrap()
+        };
+        assert_eq!(header.kid.as_deref(), Some(format!("{name}-2026").as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_signed_with_the_wrong_key_is_502_upstream_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, registered) = openssl_key(dir.path(), "registered", &["-algorithm", "ED25519"]);
+    let (other, _) = openssl_key(dir.path(), "other", &["-algorithm", "ED25519"]);
+    let (server, _) = verifying_endpoint(
+        DecodingKey::from_ed_pem(registered.as_bytes()).unwrap(),
+        Algorithm::EdDSA,
+    )
+    .await;
+    let app = TestApp::spawn(&assertion_config(
+        &server,
+        "private_key_jwt",
+        &format!("private_key = {{ file = \"{other}\" }}"),
+    ))
+    .await;
+    let response = app.get_token(ALICE_KEY, "triumph", None).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["error"],
+        "upstream_error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_jwt_signs_with_the_secret_and_never_sends_it() {
+    let (server, jtis) = verifying_endpoint(DecodingKey::from_secret(CLIENT_SECRET.as_bytes()), Algorithm::HS256).await;
+    let app = TestApp::spawn(&assertion_config(
+        &server,
+        "client_secret_jwt",
+        "client_secret = { env = \"TRIUMPH_SECRET\" }",
+    ))
+    .await;
+    for scope in ["reports:read", "reports:write"] {
+        assert_eq!(app.get_token(ALICE_KEY, "triumph", Some(scope)).await.status(), 200);
+    }
+    assert_eq!(jtis.lock().unwrap().len(), 2);
+    for request in server.received_requests().await.unwrap() {
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        assert!(!body.contains(CLIENT_SECRET), "the secret itself is never sent");
+    }
+}
+
+#[test]
+fn a_key_that_does_not_fit_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p256, _) = openssl_key(
+        dir.path(),
+        "p256",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let token_url = "https://as.example/token";
+    let with = |credential: &str, auth_method: &str| {
+        let toml =
+            config(token_url, auth_method).replacen("client_secret = { env = \"TRIUMPH_SECRET\" }", credential, 1);
+        token_broker::settings::Settings::from_toml(&toml, &env())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let cases = [
+        (
+            format!("private_key = {{ file = \"{p256}\" }}\nsigning_alg = \"RS256\""),
+            "upstreams.triumph.signing_alg",
+        ),
+        (
+            "private_key = \"not a key\"".to_string(),
+            "upstreams.triumph.private_key",
+        ),
+        (String::new(), "upstreams.triumph.private_key"),
+        (
+            format!("private_key = {{ file = \"{p256}\" }}\nclient_secret = \"s\""),
+            "upstreams.triumph.client_secret",
+        ),
+    ];
+    let key_material = std::fs::read_to_string(&p256)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    for (credential, named) in cases {
+        let message = with(&credential, "private_key_jwt");
+        assert!(message.contains(named), "{credential:?}: {message}");
+        assert!(!message.contains(&key_material[..20]), "no key material in {message}");
+    }
+    let message = with("", "client_secret_jwt");
+    assert!(message.contains("upstreams.triumph.client_secret"), "{message}");
+}
