@@ -3,8 +3,6 @@
 //! shared secret). Keys are made by `openssl genpkey`, as an operator would make them.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -13,32 +11,6 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 use crate::helpers::*;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// A PKCS#8 private key and its public key, both PEM, from `openssl genpkey <args>`.
-fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> (String, String) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let made = Command::new("openssl")
-        .args(["genpkey", "-out"])
-        .arg(&private)
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(made.success());
-    let exported = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .expect("openssl runs");
-    assert!(exported.success());
-    (
-        private.to_str().unwrap().to_string(),
-        std::fs::read_to_string(public).unwrap(),
-    )
-}
 
 #[derive(serde::Deserialize)]
 struct Claims {

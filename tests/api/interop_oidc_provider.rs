@@ -1,4 +1,7 @@
-//! Interop with a real OAuth2 server: panva's oidc-provider (npm), once per client auth method.
+//! Interop with a real OAuth2 server: panva's oidc-provider (npm), once per client auth method:
+//! client_secret_basic, client_secret_post, client_secret_jwt and private_key_jwt (RSA, EC P-256,
+//! EC P-384 and Ed25519 keys made by openssl, registered under their RFC 7638 thumbprints, so
+//! the provider's own thumbprint agrees with the `kid` the broker computes).
 //! The test command installs it (`npm ci` in tests/interop); this test fails, rather than skips,
 //! when it is missing.
 
@@ -23,6 +26,11 @@ struct Provider {
 }
 
 async fn start_provider() -> Provider {
+    start_provider_with_keys(None).await
+}
+
+/// With `keys`: a directory whose `<name>.pub.pem` files register `private_key_jwt` clients.
+async fn start_provider_with_keys(keys: Option<&Path>) -> Provider {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     assert!(
         dir.join("node_modules/oidc-provider").is_dir(),
@@ -32,6 +40,7 @@ async fn start_provider() -> Provider {
         .arg("oidc-provider.mjs")
         .arg(SECRET)
         .current_dir(&dir)
+        .envs(keys.map(|k| ("CLIENT_KEYS_DIR", k.as_os_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -55,6 +64,24 @@ async fn start_provider() -> Provider {
 }
 
 async fn broker_for(provider: &Provider, client_id: &str, auth_method: &str, secret: &str) -> String {
+    broker_with(
+        provider,
+        client_id,
+        auth_method,
+        "client_secret = { env = \"OP_SECRET\" }",
+        secret,
+    )
+    .await
+}
+
+/// A broker whose upstream `op` is `client_id` at the provider, with `credential` (TOML lines).
+async fn broker_with(
+    provider: &Provider,
+    client_id: &str,
+    auth_method: &str,
+    credential: &str,
+    secret: &str,
+) -> String {
     let toml = format!(
         r#"
         [server]
@@ -65,7 +92,7 @@ async fn broker_for(provider: &Provider, client_id: &str, auth_method: &str, sec
         [upstreams.op]
         token_url = "{base}/token"
         client_id = "{client_id}"
-        client_secret = {{ env = "OP_SECRET" }}
+        {credential}
         auth_method = "{auth_method}"
         scopes = ["api:read", "api:write"]
 
@@ -108,6 +135,12 @@ async fn introspect(provider: &Provider, token: &str) -> Value {
 async fn exchange_and_verify(client_id: &str, auth_method: &str) {
     let provider = start_provider().await;
     let broker = broker_for(&provider, client_id, auth_method, SECRET).await;
+    verify_exchanges(&provider, &broker, client_id).await;
+}
+
+/// Two scope sets through `broker`: each token is one the provider issued to `client_id`, with
+/// the scopes asked; the second call for the same set comes from the cache.
+async fn verify_exchanges(provider: &Provider, broker: &str, client_id: &str) {
     let http = reqwest::Client::new();
     let get = |scope: &'static str| {
         http.get(format!("{broker}/v1/token/op"))
@@ -124,7 +157,7 @@ async fn exchange_and_verify(client_id: &str, auth_method: &str) {
     // oidc-provider issues 600 s tokens; the broker serves them for 600 − min(60, 150) s.
     assert!((538..=540).contains(&body["expires_in"].as_u64().unwrap()), "{body}");
 
-    let introspection = introspect(&provider, token).await;
+    let introspection = introspect(provider, token).await;
     assert_eq!(introspection["active"], true, "{introspection}");
     assert_eq!(introspection["client_id"], client_id);
     assert_eq!(introspection["scope"], "api:read api:write");
@@ -135,7 +168,7 @@ async fn exchange_and_verify(client_id: &str, auth_method: &str) {
     let narrower: Value = get("api:read").await.unwrap().json().await.unwrap();
     assert_ne!(narrower["access_token"], token);
     assert_eq!(
-        introspect(&provider, narrower["access_token"].as_str().unwrap()).await["scope"],
+        introspect(provider, narrower["access_token"].as_str().unwrap()).await["scope"],
         "api:read"
     );
 }
@@ -148,6 +181,96 @@ async fn tokens_from_oidc_provider_with_client_secret_basic() {
 #[tokio::test]
 async fn tokens_from_oidc_provider_with_client_secret_post() {
     exchange_and_verify("post-client", "client_secret_post").await;
+}
+
+#[tokio::test]
+async fn tokens_from_oidc_provider_with_client_secret_jwt() {
+    let provider = start_provider().await;
+    let broker = broker_with(
+        &provider,
+        "jwt-client",
+        "client_secret_jwt",
+        "client_secret = { env = \"OP_SECRET\" }",
+        SECRET,
+    )
+    .await;
+    verify_exchanges(&provider, &broker, "jwt-client").await;
+}
+
+/// PKCS#8 keys made by `openssl genpkey`, their public halves where oidc-provider registers them.
+fn client_keys(dir: &Path) -> Vec<(&'static str, String)> {
+    let kinds: [(&str, &[&str]); 4] = [
+        ("rsa", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ("p256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ("p384", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+        ("ed25519", &["-algorithm", "ED25519"]),
+    ];
+    kinds
+        .into_iter()
+        .map(|(name, args)| (name, crate::helpers::openssl_key(dir, name, args).0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_oidc_provider_with_private_key_jwt_for_rsa_ec_and_ed25519_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = client_keys(dir.path());
+    let provider = start_provider_with_keys(Some(dir.path())).await;
+    for (name, private) in &keys {
+        let client_id = format!("pkjwt-{name}");
+        let credential = format!("private_key = {{ file = \"{private}\" }}");
+        let broker = broker_with(&provider, &client_id, "private_key_jwt", &credential, SECRET).await;
+        verify_exchanges(&provider, &broker, &client_id).await;
+    }
+    // Another key than the one registered: refused by the provider, 502 to the caller.
+    let credential = format!("private_key = {{ file = \"{}\" }}", keys[3].1);
+    let broker = broker_with(&provider, "pkjwt-rsa", "private_key_jwt", &credential, SECRET).await;
+    let response = reqwest::Client::new()
+        .get(format!("{broker}/v1/token/op"))
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_error");
+}
+
+/// oidc-provider remembers every assertion's `jti`: sent twice, the same assertion is refused.
+/// The broker's own exchanges above succeed one after another, so each of them was signed anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_assertion_is_refused_by_oidc_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = client_keys(dir.path());
+    let provider = start_provider_with_keys(Some(dir.path())).await;
+    let pem = secrecy::SecretString::from(std::fs::read_to_string(&keys[3].1).unwrap());
+    let key = token_broker::upstream::assertion::PrivateKey::from_pem(&pem, None, None).unwrap();
+    let token_url = format!("{}/token", provider.base);
+    let assertion = key.sign("pkjwt-ed25519", &token_url).unwrap();
+    let send = || {
+        reqwest::Client::new()
+            .post(&token_url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "api:read"),
+                ("client_id", "pkjwt-ed25519"),
+                (
+                    "client_assertion_type",
+                    token_broker::upstream::assertion::ASSERTION_TYPE,
+                ),
+                ("client_assertion", assertion.as_str()),
+            ])
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(
+        first.status(),
+        200,
+        "the first use is accepted: {}",
+        first.text().await.unwrap()
+    );
+    let replayed = send().await.unwrap();
+    assert_eq!(replayed.status(), 401);
+    assert_eq!(replayed.json::<Value>().await.unwrap()["error"], "invalid_client");
 }
 
 #[tokio::test]

@@ -2,8 +2,14 @@
 // grant, one client per client authentication method, and token introspection so a test can
 // prove that the token the broker hands out is one this server issued.
 // Usage: node oidc-provider.mjs <client secret>; prints "listening <port>" once ready.
+// With CLIENT_KEYS_DIR set, each `<name>.pub.pem` in it registers a `private_key_jwt` client
+// `pkjwt-<name>` with that public key; `jwt-client` uses `client_secret_jwt`.
 import Provider from "oidc-provider";
 import http from "node:http";
+import { createPublicKey } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { calculateJwkThumbprint } from "jose";
 
 const secret = process.argv[2];
 if (!secret) {
@@ -25,8 +31,28 @@ const client = (id, method) => ({
   scope: "api:read api:write",
 });
 
+const keyClients = [];
+const keysDir = process.env.CLIENT_KEYS_DIR;
+if (keysDir) {
+  for (const file of readdirSync(keysDir).filter((f) => f.endsWith(".pub.pem"))) {
+    const jwk = createPublicKey(readFileSync(join(keysDir, file))).export({ format: "jwk" });
+    // Registered under its RFC 7638 thumbprint, the `kid` the broker sends by default.
+    jwk.kid = await calculateJwkThumbprint(jwk);
+    const { client_secret, ...withoutSecret } = client(`pkjwt-${file.slice(0, -".pub.pem".length)}`, "private_key_jwt");
+    keyClients.push({ ...withoutSecret, jwks: { keys: [jwk] } });
+  }
+}
+
 const provider = new Provider(`http://127.0.0.1:${port}`, {
-  clients: [client("basic-client", "client_secret_basic"), client("post-client", "client_secret_post")],
+  clients: [
+    client("basic-client", "client_secret_basic"),
+    client("post-client", "client_secret_post"),
+    client("jwt-client", "client_secret_jwt"),
+    ...keyClients,
+  ],
+  enabledJWA: {
+    clientAuthSigningAlgValues: ["HS256", "RS256", "PS256", "ES256", "ES384", "EdDSA"],
+  },
   scopes: ["api:read", "api:write"],
   features: {
     clientCredentials: { enabled: true },
@@ -38,3 +64,5 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
 
 server.on("request", provider.callback());
 console.log(`listening ${port}`);
+// The reason for a refused client, on stderr, for whoever debugs a failing interop test.
+provider.on("grant.error", (ctx, err) => console.error(`grant.error: ${err.error_description}; ${err.error_detail ?? ""}`));

@@ -166,3 +166,29 @@ pub async fn token_endpoint(responder: impl Respond + 'static) -> wiremock::Mock
 pub async fn upstream_calls(server: &wiremock::MockServer) -> usize {
     server.received_requests().await.map_or(0, |r| r.len())
 }
+
+/// A PKCS#8 private key and its public key, both PEM, from `openssl genpkey <args>`.
+pub fn openssl_key(dir: &std::path::Path, name: &str, args: &[&str]) -> (String, String) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-out"])
+        .arg(&private)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
+    let exported = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl runs");
+    assert!(exported.success());
+    (
+        private.to_str().unwrap().to_string(),
+        std::fs::read_to_string(public).unwrap(),
+    )
+}
