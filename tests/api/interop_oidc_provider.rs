@@ -225,14 +225,7 @@ async fn tokens_from_oidc_provider_with_private_key_jwt_for_rsa_ec_and_ed25519_k
     // Another key than the one registered: refused by the provider, 502 to the caller.
     let credential = format!("private_key = {{ file = \"{}\" }}", keys[3].1);
     let broker = broker_with(&provider, "pkjwt-rsa", "private_key_jwt", &credential, SECRET).await;
-    let response = reqwest::Client::new()
-        .get(format!("{broker}/v1/token/op"))
-        .header("X-API-Key", API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 502);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_error");
+    assert_refused_as_502(&broker).await;
 }
 
 /// oidc-provider remembers every assertion's `jti`: sent twice, the same assertion is refused.
@@ -277,6 +270,12 @@ async fn a_replayed_assertion_is_refused_by_oidc_provider() {
 async fn a_wrong_secret_is_refused_by_oidc_provider_and_reported_as_502() {
     let provider = start_provider().await;
     let broker = broker_for(&provider, "basic-client", "client_secret_basic", "not-the-secret").await;
+    assert_refused_as_502(&broker).await;
+}
+
+/// The provider refused the broker's credentials: the caller gets 502 `upstream_error` and not
+/// the provider's own words.
+async fn assert_refused_as_502(broker: &str) {
     let response = reqwest::Client::new()
         .get(format!("{broker}/v1/token/op"))
         .header("X-API-Key", API_KEY)
