@@ -74,7 +74,8 @@ async fn broker_for(provider: &Provider, client_id: &str, auth_method: &str, sec
     .await
 }
 
-/// A broker whose upstream `op` is `client_id` at the provider, with `credential` (TOML lines).
+/// A broker whose upstream `op` is `client_id` at the provider, with `credential` (TOML lines,
+/// the last of the upstream's table: tables of its own, such as `proxy`, may follow).
 async fn broker_with(
     provider: &Provider,
     client_id: &str,
@@ -92,9 +93,9 @@ async fn broker_with(
         [upstreams.op]
         token_url = "{base}/token"
         client_id = "{client_id}"
-        {credential}
         auth_method = "{auth_method}"
         scopes = ["api:read", "api:write"]
+        {credential}
 
         [[authenticators]]
         type = "api_key"
@@ -352,44 +353,11 @@ fn start_resource_server(provider_base: String) -> String {
 async fn proxy_mode_reaches_a_resource_server_that_introspects_the_token_at_oidc_provider() {
     let provider = start_provider().await;
     let resource = start_resource_server(provider.base.clone());
-    let toml = format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        admin_listen = "127.0.0.1:0"
-        workers = 1
-
-        [upstreams.op]
-        token_url = "{base}/token"
-        client_id = "post-client"
-        client_secret = {{ env = "OP_SECRET" }}
-        scopes = ["api:read", "api:write"]
-        expose_tokens = false
-
-        [upstreams.op.proxy]
-        url = "{resource}/api"
-        paths = ["/things/**"]
-        scopes = ["api:read"]
-
-        [[authenticators]]
-        type = "api_key"
-        keys = [{{ id = "k", hash = "{hash}", subject = "user" }}]
-
-        [[grants]]
-        subjects = ["user"]
-        upstreams = {{ op = ["api:read", "api:write"] }}
-        "#,
-        base = provider.base,
-        hash = hash_key(API_KEY),
+    // The credential lines close the upstream's table, so the proxy table can follow them.
+    let lines = format!(
+        "client_secret = {{ env = \"OP_SECRET\" }}\nexpose_tokens = false\n\n[upstreams.op.proxy]\nurl = \"{resource}/api\"\npaths = [\"/things/**\"]\nscopes = [\"api:read\"]"
     );
-    let env: Env = [("OP_SECRET".to_string(), SECRET.to_string())].into();
-    let app = Application::build_with_clock(
-        Settings::from_toml(&toml, &env).unwrap(),
-        std::sync::Arc::new(SystemClock),
-    )
-    .unwrap();
-    let broker = format!("http://{}", app.address());
-    tokio::spawn(app.run_until_stopped());
+    let broker = broker_with(&provider, "post-client", "client_secret_post", &lines, SECRET).await;
 
     let response = reqwest::Client::new()
         .get(format!("{broker}/v1/proxy/op/things/7"))
