@@ -164,8 +164,9 @@ fn logged_client(broker: &BrokerProcess, request_id: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_store_survives() {
+/// The binary, trusting a proxy on 127.0.0.1 (where the shipped nginx and Caddy configs run in
+/// these tests), with its token endpoint and the directory of its configuration.
+async fn broker_trusting_loopback() -> (wiremock::MockServer, tempfile::TempDir, BrokerProcess) {
     let upstream = token_endpoint(IssueTokens::new(600)).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
@@ -174,6 +175,12 @@ async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_s
         &write(dir.path(), "broker.toml", &toml),
         &[("TRIUMPH_SECRET", CLIENT_SECRET)],
     );
+    (upstream, dir, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_shipped_nginx_config_the_client_address_is_honoured_and_no_store_survives() {
+    let (_upstream, dir, broker) = broker_trusting_loopback().await;
     let nginx_port = free_port("127.0.0.2");
     let _nginx = start_nginx(dir.path(), broker.base.trim_start_matches("http://"), nginx_port);
 
@@ -253,14 +260,7 @@ fn start_caddy(dir: &Path, broker: &str, port: u16) -> Nginx {
 /// client that chose the id could forge or collide log lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_shipped_caddyfile_the_client_chooses_neither_its_address_nor_the_request_id() {
-    let upstream = token_endpoint(IssueTokens::new(600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
-        .replace("workers = 2", "workers = 2\ntrusted_proxies = [\"127.0.0.1/32\"]");
-    let broker = BrokerProcess::start(
-        &write(dir.path(), "broker.toml", &toml),
-        &[("TRIUMPH_SECRET", CLIENT_SECRET)],
-    );
+    let (_upstream, dir, broker) = broker_trusting_loopback().await;
     let port = free_port("127.0.0.2");
     let _caddy = start_caddy(dir.path(), broker.base.trim_start_matches("http://"), port);
     let http = reqwest::Client::builder()
