@@ -133,16 +133,22 @@ fn start_nginx(dir: &Path, broker: &str, port: u16) -> Nginx {
         .spawn()
         .unwrap();
     let nginx = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
+    wait_for_port(port, || {
+        format!(
             "nginx did not start: {}",
             std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
+        )
+    });
+    nginx
+}
+
+/// Waits up to 10 s for something to listen on 127.0.0.2:`port`; `failure` says why not.
+fn wait_for_port(port: u16, failure: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(Instant::now() < deadline, "{}", failure());
         std::thread::sleep(Duration::from_millis(20));
     }
-    nginx
 }
 
 /// The `client_ip` the broker logged for the request whose answer carried `request_id`.
@@ -248,11 +254,7 @@ fn start_caddy(dir: &Path, broker: &str, port: u16) -> Nginx {
         .spawn()
         .unwrap();
     let caddy = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
-        assert!(Instant::now() < deadline, "caddy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, || "caddy did not start".to_string());
     caddy
 }
 
