@@ -187,12 +187,13 @@ impl Forwarder {
 
 /// The incoming headers the API may see.
 fn request_headers(incoming: &InHeaders, csrf_header: &InName) -> HeaderMap {
-    let named_by_connection: Vec<String> = incoming
-        .get_all(actix_web::http::header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
+    let named_by_connection: Vec<String> = list_items(
+        incoming
+            .get_all(actix_web::http::header::CONNECTION)
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .map(str::to_ascii_lowercase)
+    .collect();
     let mut headers = HeaderMap::new();
     for (name, value) in incoming {
         let lower = name.as_str();
@@ -229,13 +230,15 @@ pub fn returned(name: &HeaderName, connection: &[String]) -> bool {
 
 /// The header names an answer's `Connection` lists (they are hop-by-hop too).
 pub fn connection_names(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
+    list_items(headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()))
+        .map(str::to_ascii_lowercase)
         .collect()
+}
+
+/// The items of a comma-separated header (`Connection: keep-alive, Upgrade`), trimmed, over all
+/// of its lines.
+pub fn list_items<'a>(values: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
+    values.flat_map(|v| v.split(',')).map(str::trim)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::http::observe::{ClientAddress, RequestId};
 use crate::policy::Denied;
 use crate::proxy::config::ProxySettings;
 use crate::proxy::forward::ForwardError;
-use crate::proxy::forward::{connection_names, returned, Body, Caller};
+use crate::proxy::forward::{connection_names, list_items, returned, Body, Caller};
 use crate::proxy::path::ProxyPath;
 use crate::proxy::websocket;
 use crate::routes::common::{authenticate_as, CrossSiteCheck};
@@ -189,11 +189,7 @@ fn audit(
 /// A `GET` asking to become a WebSocket (RFC 6455 §4.1).
 fn is_websocket_handshake(req: &HttpRequest) -> bool {
     let has = |name, token: &str| {
-        req.headers()
-            .get_all(name)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case(token))
+        list_items(req.headers().get_all(name).filter_map(|v| v.to_str().ok())).any(|v| v.eq_ignore_ascii_case(token))
     };
     req.method() == actix_web::http::Method::GET
         && has(actix_web::http::header::UPGRADE, "websocket")
