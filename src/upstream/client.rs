@@ -64,6 +64,8 @@ impl TokenClient {
             .http
             .post(upstream.token_url.clone())
             .header(ACCEPT, "application/json");
+        // Declared before the match: the form borrows it.
+        let signed_assertion: String;
         match upstream.auth_method {
             ClientAuthMethod::ClientSecretPost => {
                 form.push(("client_id", &upstream.client_id));
@@ -76,26 +78,23 @@ impl TokenClient {
                 );
             }
             ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt => {
+                // Signed here, per request: each assertion has its own `jti` and a 60-second life.
+                let audience = upstream.token_url.as_str();
+                let signed = match (upstream.auth_method, &upstream.private_key) {
+                    (ClientAuthMethod::PrivateKeyJwt, Some(key)) => key.sign(&upstream.client_id, audience).ok(),
+                    (ClientAuthMethod::ClientSecretJwt, _) => {
+                        assertion::sign_with_secret(&upstream.client_secret, &upstream.client_id, audience).ok()
+                    }
+                    // private_key_jwt without a key: the settings refuse it before this runs.
+                    _ => None,
+                };
+                signed_assertion = signed.ok_or(UpstreamError::InvalidResponse(
+                    "the client assertion could not be signed",
+                ))?;
                 form.push(("client_id", &upstream.client_id));
                 form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+                form.push(("client_assertion", &signed_assertion));
             }
-        }
-        // Signed here, per request: each assertion has its own `jti` and a 60-second life.
-        let audience = upstream.token_url.as_str();
-        let signed = match (&upstream.auth_method, &upstream.private_key) {
-            (ClientAuthMethod::PrivateKeyJwt, Some(key)) => Some(key.sign(&upstream.client_id, audience)),
-            (ClientAuthMethod::ClientSecretJwt, _) => Some(assertion::sign_with_secret(
-                &upstream.client_secret,
-                &upstream.client_id,
-                audience,
-            )),
-            _ => None,
-        };
-        let assertion = signed
-            .transpose()
-            .map_err(|_| UpstreamError::InvalidResponse("the client assertion could not be signed"))?;
-        if let Some(assertion) = &assertion {
-            form.push(("client_assertion", assertion));
         }
         let body =
             serde_urlencoded::to_string(&form).map_err(|_| UpstreamError::InvalidResponse("request encoding"))?;
