@@ -119,7 +119,12 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                     "upstream {name}: token endpoint {}, {}, credentials {}{}",
                     upstream.token_url,
                     upstream.auth_method,
-                    upstream.credential_fingerprint(),
+                    upstream
+                        .credential_fingerprints()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" then "),
                     upstream
                         .proxy
                         .as_ref()

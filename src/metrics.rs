@@ -36,6 +36,13 @@ const KNOWN_ROUTES: &[&str] = &[
     "/v1/access-token-provider.d.ts",
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamCredential {
+    pub upstream: String,
+    /// The credential's position in its configured list, from 0: never its value.
+    pub credential: u32,
+}
+
 type Durations = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -51,6 +58,7 @@ pub struct Metrics {
     pub proxied_requests: Family<UpstreamStatus, Counter>,
     pub proxy_duration: Durations,
     pub proxy_bytes: Family<UpstreamDirection, Counter>,
+    pub credential_refusals: Family<UpstreamCredential, Counter>,
 }
 
 /// One upstream's proxy metrics, held by the upstream.
@@ -161,8 +169,15 @@ impl Metrics {
             "Body bytes proxied, to the API (in) and to the browser (out)",
             proxy_bytes.clone(),
         );
+        let credential_refusals = Family::default();
+        registry.register(
+            "upstream_credential_refusals",
+            "Credentials a token endpoint refused with invalid_client, by their place in the configured list",
+            credential_refusals.clone(),
+        );
         Self {
             registry,
+            credential_refusals,
             proxied_requests,
             proxy_duration,
             proxy_bytes,

@@ -53,13 +53,15 @@ fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
 pub fn apply_reload(broker: &Broker, settings: Settings) {
     let old = broker.state();
     for (name, before) in &old.settings.upstreams {
-        let unchanged = settings
-            .upstreams
-            .get(name)
-            .is_some_and(|after| after.same_credentials(before));
-        if !unchanged {
-            tracing::info!(upstream = %name, "credentials changed or upstream removed: dropping its cached tokens");
-            broker.tokens.invalidate_upstream(name);
+        match settings.upstreams.get(name) {
+            // Tokens fetched with a credential still listed stay, whatever its place in the list.
+            Some(after) if after.same_token_settings(before) => {
+                broker.tokens.retain_credentials(name, after.credential_fingerprints());
+            }
+            _ => {
+                tracing::info!(upstream = %name, "token settings changed or upstream removed: dropping its cached tokens");
+                broker.tokens.invalidate_upstream(name);
+            }
         }
     }
     let needs_restart = old.settings.server.listen != settings.server.listen

@@ -84,9 +84,9 @@ pub struct Redis {
 pub struct Upstream {
     pub token_url: String,
     pub client_id: String,
-    pub client_secret: Option<Secret>,
+    pub client_secret: Option<Secrets>,
     pub auth_method: Option<String>,
-    pub private_key: Option<Secret>,
+    pub private_key: Option<Secrets>,
     pub signing_alg: Option<String>,
     pub key_id: Option<String>,
     pub assertion_audience: Option<String>,
@@ -124,6 +124,31 @@ pub enum Secret {
     Literal(SecretString),
     Env { env: String },
     File { file: PathBuf },
+}
+
+/// One secret, or an ordered list of them (credential rotation).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Secrets {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+impl Secrets {
+    pub fn as_slice(&self) -> &[Secret] {
+        match self {
+            Self::One(secret) => std::slice::from_ref(secret),
+            Self::Many(list) => list,
+        }
+    }
+
+    /// The configuration key of item `i` under `key`: `key` itself for a single secret.
+    pub fn item_key(&self, key: &str, i: usize) -> String {
+        match self {
+            Self::One(_) => key.to_string(),
+            Self::Many(_) => format!("{key}[{i}]"),
+        }
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -31,6 +31,18 @@ const MINIMAL: &str = r#"
     upstreams = { triumph = ["reports:read"] }
 "#;
 
+/// The client secrets of `upstream`, in order.
+fn secrets(upstream: &crate::upstream::config::UpstreamSettings) -> Vec<&str> {
+    upstream
+        .credentials
+        .iter()
+        .map(|c| match c {
+            crate::upstream::config::Credential::Secret(s) => s.expose_secret(),
+            other => panic!("not a secret: {other:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn a_minimal_file_gets_the_documented_defaults() {
     let settings = Settings::from_toml(MINIMAL, &env(&[("TRIUMPH_SECRET", "s3cret")])).unwrap();
@@ -43,7 +55,7 @@ fn a_minimal_file_gets_the_documented_defaults() {
     let up = &settings.upstreams["triumph"];
     assert_eq!(up.auth_method, ClientAuthMethod::ClientSecretPost);
     assert_eq!(up.timeout, Duration::from_secs(5));
-    assert_eq!(up.client_secret.expose_secret(), "s3cret");
+    assert_eq!(secrets(up), ["s3cret"]);
 }
 
 #[test]
@@ -73,7 +85,7 @@ fn environment_overrides_win_over_the_file() {
         settings.server.cors_allowed_origins,
         ["https://a.example.com", "https://b.example.com"]
     );
-    assert_eq!(settings.upstreams["triumph"].client_secret.expose_secret(), "12345");
+    assert_eq!(secrets(&settings.upstreams["triumph"]), ["12345"]);
 }
 
 #[test]
@@ -86,7 +98,7 @@ fn secrets_come_from_files_without_their_trailing_newline() {
         &format!("{{ file = {:?} }}", secret.display().to_string()),
     );
     let settings = Settings::from_toml(&text, &Env::new()).unwrap();
-    assert_eq!(settings.upstreams["triumph"].client_secret.expose_secret(), "from-file");
+    assert_eq!(secrets(&settings.upstreams["triumph"]), ["from-file"]);
 }
 
 #[test]
@@ -305,8 +317,8 @@ fn resource_indicators_are_absolute_uris_and_shape_the_fingerprint() {
     let a = with("[\"https://api.example.com/\"]").unwrap();
     let b = with("[\"https://other.example.com/\"]").unwrap();
     assert_ne!(
-        a.upstreams["triumph"].credential_fingerprint(),
-        b.upstreams["triumph"].credential_fingerprint()
+        a.upstreams["triumph"].token_fingerprint(),
+        b.upstreams["triumph"].token_fingerprint()
     );
     let problems = with("[\"not a uri\", \"https://api.example.com/#frag\"]").unwrap_err();
     let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();

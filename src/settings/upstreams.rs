@@ -12,8 +12,8 @@ use crate::proxy::config::ProxySettings;
 use crate::proxy::path::PathPattern;
 use crate::scope::ScopeSet;
 use crate::upstream::assertion::{KeyError, PrivateKey};
-use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
-use secrecy::{ExposeSecret, SecretString};
+use crate::upstream::config::{ClientAuthMethod, Credential, UpstreamSettings};
+use secrecy::ExposeSecret;
 
 const RESERVED_PARAMS: &[&str] = &[
     "grant_type",
@@ -75,7 +75,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
             ClientAuthMethod::ClientSecretPost
         }
     };
-    let (client_secret, private_key) = credentials(check, name, raw, auth_method, env);
+    let credentials = credentials(check, name, raw, auth_method, env);
     let scopes = check.scopes(&key("scopes"), &raw.scopes);
     for param in raw.params.keys() {
         if RESERVED_PARAMS.contains(&param.as_str()) {
@@ -108,9 +108,8 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         name: name.to_string(),
         token_url: token_url?,
         client_id: raw.client_id.clone(),
-        client_secret,
         auth_method,
-        private_key,
+        credentials,
         audience: raw.audience.clone(),
         resource: raw.resource.clone(),
         params: raw.params.clone(),
@@ -125,15 +124,16 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
     })
 }
 
-/// The credential `auth_method` uses: the client secret, or the private key (parsed and checked
-/// against `signing_alg` now, so that a wrong key stops start-up rather than a request).
+/// The credentials `auth_method` uses, in the configured order: client secrets, or private keys
+/// (each parsed and checked against `signing_alg` now, so that a wrong key stops start-up rather
+/// than a request).
 fn credentials(
     check: &mut Check,
     name: &str,
     raw: &raw::Upstream,
     auth_method: ClientAuthMethod,
     env: &Env,
-) -> (SecretString, Option<PrivateKey>) {
+) -> Vec<Credential> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
     let uses_key = auth_method == ClientAuthMethod::PrivateKeyJwt;
     let signs = matches!(
@@ -155,40 +155,51 @@ fn credentials(
             format!("`{other}` is not supported: the assertion's audience is the token endpoint (\"token_endpoint\")"),
         ),
     }
-    if !uses_key {
-        unused(check, "private_key", raw.private_key.is_some());
-        let secret = match &raw.client_secret {
-            Some(secret) => check.secret(&key("client_secret"), secret, env),
-            None => {
-                check.problem(
-                    key("client_secret"),
-                    format!("is required with auth_method = \"{auth_method}\""),
-                );
-                SecretString::from(String::new())
-            }
-        };
-        return (secret, None);
-    }
-    unused(check, "client_secret", raw.client_secret.is_some());
-    let Some(pem) = &raw.private_key else {
-        check.problem(key("private_key"), "is required with auth_method = \"private_key_jwt\"");
-        return (SecretString::from(String::new()), None);
+    let (field, other) = if uses_key {
+        ("private_key", "client_secret")
+    } else {
+        ("client_secret", "private_key")
     };
-    let pem = check.secret(&key("private_key"), pem, env);
-    if pem.expose_secret().is_empty() {
-        return (SecretString::from(String::new()), None);
+    unused(
+        check,
+        other,
+        if uses_key {
+            raw.client_secret.is_some()
+        } else {
+            raw.private_key.is_some()
+        },
+    );
+    let configured = if uses_key { &raw.private_key } else { &raw.client_secret };
+    let Some(secrets) = configured.as_ref().filter(|s| !s.as_slice().is_empty()) else {
+        check.problem(key(field), format!("is required with auth_method = \"{auth_method}\""));
+        return Vec::new();
+    };
+    if uses_key && raw.key_id.is_some() && secrets.as_slice().len() > 1 {
+        check.problem(
+            key("key_id"),
+            "names one key: with several, leave it out and each key's `kid` is its RFC 7638 thumbprint",
+        );
     }
-    match PrivateKey::from_pem(&pem, raw.signing_alg.as_deref(), raw.key_id.as_deref()) {
-        Ok(private_key) => (SecretString::from(String::new()), Some(private_key)),
-        Err(error @ (KeyError::UnknownAlg(_) | KeyError::AlgDoesNotFit { .. })) => {
-            check.problem(key("signing_alg"), error.to_string());
-            (SecretString::from(String::new()), None)
+    let mut credentials = Vec::new();
+    for (i, secret) in secrets.as_slice().iter().enumerate() {
+        let item = secrets.item_key(&key(field), i);
+        let value = check.secret(&item, secret, env);
+        if value.expose_secret().is_empty() {
+            continue;
         }
-        Err(error) => {
-            check.problem(key("private_key"), error.to_string());
-            (SecretString::from(String::new()), None)
+        if !uses_key {
+            credentials.push(Credential::Secret(value));
+            continue;
+        }
+        match PrivateKey::from_pem(&value, raw.signing_alg.as_deref(), raw.key_id.as_deref()) {
+            Ok(private_key) => credentials.push(Credential::Key(private_key)),
+            Err(error @ (KeyError::UnknownAlg(_) | KeyError::AlgDoesNotFit { .. })) => {
+                check.problem(key("signing_alg"), format!("{error} ({item})"));
+            }
+            Err(error) => check.problem(item, error.to_string()),
         }
     }
+    credentials
 }
 
 /// `[upstreams.<name>.proxy]`: where the API is and what may be forwarded to it.

@@ -25,6 +25,7 @@ use super::store::{Lock, SharedStore, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
 use crate::scope::{join_scopes, ScopeSet};
+use crate::upstream::config::Fingerprint;
 use crate::upstream::{FetchedToken, Purpose, Upstream, UpstreamError, MAX_LIFETIME};
 
 /// The share of the served life after which a refresh starts, and its jitter.
@@ -59,6 +60,8 @@ pub struct CachedToken {
     pub serve_until: Instant,
     /// From this instant on, the next caller starts a background refresh.
     pub refresh_at: Instant,
+    /// The credential it was fetched with: served only while the upstream still has it.
+    pub credential: Fingerprint,
     refresh: Mutex<RefreshAhead>,
 }
 
@@ -76,6 +79,7 @@ impl CachedToken {
         let skew = refresh_skew.min(lifetime / 4);
         Self::assemble(
             fetched.access_token,
+            fetched.credential,
             fetched
                 .granted
                 .as_ref()
@@ -91,12 +95,14 @@ impl CachedToken {
         if stored.serve_until_ms <= now_ms || stored.fetched_at_ms > now_ms {
             return None;
         }
+        let credential = Fingerprint(hex::decode(&stored.credential).ok()?.try_into().ok()?);
         let age = Duration::from_millis(now_ms - stored.fetched_at_ms);
         let fetched_at = now.checked_sub(age)?;
         // The stored times are bounded as a token endpoint's `expires_in` is.
         let served_life = Duration::from_millis(stored.serve_until_ms - stored.fetched_at_ms).min(MAX_LIFETIME);
         Some(Self::assemble(
             SecretString::from(stored.access_token),
+            credential,
             stored.scope,
             (fetched_at, stored.fetched_at_ms),
             Duration::from_millis(stored.lifetime_ms).min(MAX_LIFETIME),
@@ -106,6 +112,7 @@ impl CachedToken {
 
     fn assemble(
         access_token: SecretString,
+        credential: Fingerprint,
         scope: String,
         (fetched_at, fetched_at_ms): (Instant, u64),
         lifetime: Duration,
@@ -122,6 +129,7 @@ impl CachedToken {
             lifetime,
             serve_until: later(fetched_at, served_life),
             refresh_at: later(fetched_at, served_life.mul_f64(share)),
+            credential,
             refresh: Mutex::new(RefreshAhead {
                 in_flight: false,
                 not_before: fetched_at,
@@ -138,6 +146,7 @@ impl CachedToken {
             lifetime_ms: self.lifetime.as_millis() as u64,
             fetched_at_ms: self.fetched_at_ms,
             serve_until_ms: self.fetched_at_ms + served_life_ms,
+            credential: hex::encode(self.credential.0),
         }
     }
 
@@ -260,7 +269,18 @@ impl TokenCache {
         self.refresh_skew_ms.store(skew.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Drops every cached token of `upstream` (its credentials changed).
+    /// Drops the cached tokens of `upstream` fetched with a credential not in `credentials` (a
+    /// reload removed it).
+    pub fn retain_credentials(&self, upstream: &str, credentials: Vec<Fingerprint>) {
+        let upstream = upstream.to_string();
+        if let Err(e) = self.entries.invalidate_entries_if(move |key, token| {
+            key.upstream == upstream && !credentials.contains(&token.credential)
+        }) {
+            tracing::error!(error = %e, "could not drop cached tokens");
+        }
+    }
+
+    /// Drops every cached token of `upstream` (its token settings changed).
     pub fn invalidate_upstream(&self, upstream: &str) {
         let upstream = upstream.to_string();
         if let Err(e) = self
@@ -277,7 +297,7 @@ impl TokenCache {
         // The hot path: a servable token in memory, without the coalescing machinery.
         if let Some(token) = self.entries.get(&key).await {
             let now = self.clock.now();
-            if token.serve_until > now {
+            if token.serve_until > now && upstream.accepts(&token.credential) {
                 return Ok(self.serve(upstream, key, token, now, true));
             }
         }
@@ -292,7 +312,7 @@ impl TokenCache {
                 })
                 .await?;
             let now = self.clock.now();
-            if token.serve_until > now {
+            if token.serve_until > now && upstream.accepts(&token.credential) {
                 let cache_hit = !fetched_here.load(Ordering::Relaxed);
                 return Ok(self.serve(upstream, key, token, now, cache_hit));
             }
@@ -388,17 +408,19 @@ impl TokenCache {
         self.shared.as_ref().map(|shared| shared.probe())
     }
 
-    /// A still-servable token another replica stored, unless it is `rejected`.
+    /// A still-servable token another replica stored with a credential `upstream` still has,
+    /// unless it is `rejected`.
     async fn adopt(
         &self,
         shared: &dyn SharedStore,
+        upstream: &Upstream,
         key: &CacheKey,
         rejected: Option<&str>,
     ) -> Option<Arc<CachedToken>> {
-        let stored = shared.read(key).await?;
+        let stored = shared.read(key, &upstream.credentials).await?;
         let (now, now_ms) = self.now();
         let token = CachedToken::from_shared(stored, now, now_ms)?;
-        if rejected.is_some_and(|rejected| token.is(rejected)) {
+        if !upstream.accepts(&token.credential) || rejected.is_some_and(|rejected| token.is(rejected)) {
             return None;
         }
         self.metrics.shared_cache_hits.inc();
@@ -424,7 +446,7 @@ impl TokenCache {
         let Some(shared) = self.shared.as_deref() else {
             return self.fetch(upstream, key, purpose).await;
         };
-        if let Some(token) = self.adopt(shared, key, rejected).await {
+        if let Some(token) = self.adopt(shared, upstream, key, rejected).await {
             return Ok(token);
         }
         let lock_ttl = upstream.settings.timeout + Duration::from_secs(1);
@@ -433,7 +455,7 @@ impl TokenCache {
             match shared.lock(key, lock_ttl).await {
                 Lock::Acquired(owner) => {
                     // Another replica may have stored a token between our read and our lock.
-                    let result = match self.adopt(shared, key, rejected).await {
+                    let result = match self.adopt(shared, upstream, key, rejected).await {
                         Some(token) => Ok(token),
                         None => self.fetch(upstream, key, purpose).await,
                     };
@@ -446,7 +468,7 @@ impl TokenCache {
                 Lock::Held => {
                     while tokio::time::Instant::now() < give_up {
                         tokio::time::sleep(SHARED_POLL).await;
-                        if let Some(token) = self.adopt(shared, key, rejected).await {
+                        if let Some(token) = self.adopt(shared, upstream, key, rejected).await {
                             return Ok(token);
                         }
                         if shared.is_locked(key).await != Some(true) {
@@ -468,7 +490,7 @@ impl TokenCache {
         tokio::spawn(async move {
             let mut lock = None;
             if let Some(shared) = cache.shared.as_deref() {
-                if let Some(newer) = cache.adopt(shared, &key, None).await {
+                if let Some(newer) = cache.adopt(shared, &upstream, &key, None).await {
                     if newer.fetched_at_ms > current.fetched_at_ms {
                         cache.entries.insert(key, newer).await;
                         return;

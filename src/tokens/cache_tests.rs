@@ -136,8 +136,13 @@ struct MemoryStore {
 }
 
 impl SharedStore for MemoryStore {
-    fn read<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<StoredToken>> {
-        let found = self.entries.lock().get(key).cloned();
+    fn read<'a>(&'a self, key: &'a CacheKey, credentials: &'a [Fingerprint]) -> BoxFuture<'a, Option<StoredToken>> {
+        let found = self
+            .entries
+            .lock()
+            .get(key)
+            .filter(|token| credentials.iter().any(|c| hex::encode(c.0) == token.credential))
+            .cloned();
         async move { found }.boxed()
     }
 
@@ -174,16 +179,9 @@ impl SharedStore for MemoryStore {
 async fn a_token_another_replica_stored_is_adopted_without_a_fetch() {
     let store = Arc::new(MemoryStore::default());
     let f = fixture(3600, Some(store.clone())).await;
-    let now_ms = f.clock.unix_now_millis();
     store.entries.lock().insert(
         CacheKey::new(&f.upstream, &f.scopes),
-        StoredToken {
-            access_token: "from-another-replica".into(),
-            scope: "r".into(),
-            lifetime_ms: 3_600_000,
-            fetched_at_ms: now_ms - 10_000,
-            serve_until_ms: now_ms + 3_530_000,
-        },
+        stored_by_another_replica(&f, f.upstream.credentials[0]),
     );
     assert_eq!(f.token().await.0, "from-another-replica");
     assert_eq!(f.fetches(), 0);
@@ -193,6 +191,37 @@ async fn a_token_another_replica_stored_is_adopted_without_a_fetch() {
         3_529,
         "its served life as the other replica set it"
     );
+}
+
+/// A token as another replica stored it ten seconds ago, fetched with `credential`.
+fn stored_by_another_replica(f: &Fixture, credential: Fingerprint) -> StoredToken {
+    let now_ms = f.clock.unix_now_millis();
+    StoredToken {
+        access_token: "from-another-replica".into(),
+        scope: "r".into(),
+        lifetime_ms: 3_600_000,
+        fetched_at_ms: now_ms - 10_000,
+        serve_until_ms: now_ms + 3_530_000,
+        credential: hex::encode(credential.0),
+    }
+}
+
+/// A replica configured with other credentials (or one from before rotation, which recorded none)
+/// never adopts the token: it fetches its own.
+#[tokio::test]
+async fn a_token_another_replica_fetched_with_a_credential_not_configured_here_is_not_adopted() {
+    let store = Arc::new(MemoryStore::default());
+    let f = fixture(3600, Some(store.clone())).await;
+    for credential in [Fingerprint([7; 32]), Fingerprint([0; 32])] {
+        store.entries.lock().insert(
+            CacheKey::new(&f.upstream, &f.scopes),
+            stored_by_another_replica(&f, credential),
+        );
+        f.cache.invalidate_upstream("u");
+        f.cache.entries.run_pending_tasks().await;
+        assert_ne!(f.token().await.0, "from-another-replica");
+    }
+    assert_eq!(f.fetches(), 2);
 }
 
 #[tokio::test]

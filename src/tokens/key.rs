@@ -1,15 +1,17 @@
 //! What a cached token is filed under, in memory and (hashed) in Redis.
 
 use crate::scope::ScopeSet;
-use crate::upstream::config::CredentialFingerprint;
+use crate::upstream::config::Fingerprint;
 use crate::upstream::Upstream;
 
-/// One cache entry per upstream, credentials and set of scopes.
+/// One cache entry per upstream, token settings and set of scopes. Which credential fetched the
+/// token is recorded in the entry, not in the key, so that reordering or adding credentials keeps
+/// the tokens fetched under those that stay.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub upstream: String,
-    /// Tokens fetched under other credentials or settings are other entries.
-    pub credentials: CredentialFingerprint,
+    /// Tokens asked for with other settings (endpoint, client id, audience, …) are other entries.
+    pub settings: Fingerprint,
     pub scopes: ScopeSet,
 }
 
@@ -17,7 +19,7 @@ impl CacheKey {
     pub fn new(upstream: &Upstream, scopes: &ScopeSet) -> Self {
         Self {
             upstream: upstream.name().to_string(),
-            credentials: upstream.credentials,
+            settings: upstream.token_settings,
             scopes: scopes.clone(),
         }
     }

@@ -27,6 +27,7 @@ use super::store::{Lock, SharedStore, StoredToken};
 use crate::metrics::Metrics;
 use crate::scope::join_scopes;
 use crate::tokens::config::{redact_url_password, RedisSettings};
+use crate::upstream::config::Fingerprint;
 
 const NONCE_LEN: usize = 12;
 
@@ -110,22 +111,28 @@ impl SharedTier {
     }
 
     /// The cache key as Redis sees it: an HMAC under the encryption key, so that without that key
-    /// a guess at a secret cannot be checked against the names in Redis.
-    fn hashed(&self, key: &CacheKey) -> String {
+    /// a guess at a secret cannot be checked against the names in Redis. `credential` (hex) is
+    /// the fingerprint of the credential a token was fetched with: deployments with other
+    /// credentials file theirs elsewhere; the lock is per key alone (`None`).
+    fn hashed(&self, key: &CacheKey, credential: Option<&str>) -> String {
         let mut context = ring::hmac::Context::with_key(&self.name_key);
         context.update(key.upstream.as_bytes());
         context.update(&[0]);
-        context.update(&key.credentials.0);
+        context.update(&key.settings.0);
         context.update(join_scopes(&key.scopes).as_bytes());
+        if let Some(credential) = credential {
+            context.update(&[0]);
+            context.update(credential.as_bytes());
+        }
         hex::encode(context.sign().as_ref())
     }
 
-    fn entry_key(&self, key: &CacheKey) -> String {
-        format!("{}token:{}", self.namespace, self.hashed(key))
+    fn entry_key(&self, key: &CacheKey, credential: &str) -> String {
+        format!("{}token:{}", self.namespace, self.hashed(key, Some(credential)))
     }
 
     fn lock_key(&self, key: &CacheKey) -> String {
-        format!("{}lock:{}", self.namespace, self.hashed(key))
+        format!("{}lock:{}", self.namespace, self.hashed(key, None))
     }
 
     /// Checks once that Redis answers, and warns when it does not. Failures while serving are
@@ -172,10 +179,20 @@ impl SharedTier {
         }
     }
 
-    async fn get(&self, key: &CacheKey) -> Option<StoredToken> {
-        let redis_key = self.entry_key(key);
-        let bytes: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&redis_key).clone()).await?;
-        self.open(&redis_key, &bytes?)
+    /// The first token stored for `key` under one of `credentials`, in their order (one MGET).
+    async fn get(&self, key: &CacheKey, credentials: &[Fingerprint]) -> Option<StoredToken> {
+        let redis_keys: Vec<String> = credentials
+            .iter()
+            .map(|credential| self.entry_key(key, &hex::encode(credential.0)))
+            .collect();
+        if redis_keys.is_empty() {
+            return None;
+        }
+        let values: Vec<Option<Vec<u8>>> = self.run(redis::cmd("MGET").arg(&redis_keys).clone()).await?;
+        redis_keys
+            .iter()
+            .zip(values)
+            .find_map(|(redis_key, bytes)| self.open(redis_key, bytes.as_deref()?))
     }
 
     /// The token sealed in `bytes` under `redis_key`; `None` when it does not decrypt or parse
@@ -206,7 +223,7 @@ impl SharedTier {
         if ttl.is_zero() {
             return;
         }
-        let redis_key = self.entry_key(key);
+        let redis_key = self.entry_key(key, &token.credential);
         let Some(value) = self.seal(&redis_key, token) else {
             return;
         };
@@ -271,8 +288,8 @@ impl SharedTier {
 }
 
 impl SharedStore for SharedTier {
-    fn read<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<StoredToken>> {
-        self.get(key).boxed()
+    fn read<'a>(&'a self, key: &'a CacheKey, credentials: &'a [Fingerprint]) -> BoxFuture<'a, Option<StoredToken>> {
+        self.get(key, credentials).boxed()
     }
 
     fn write<'a>(&'a self, key: &'a CacheKey, token: &'a StoredToken, ttl: Duration) -> BoxFuture<'a, ()> {
@@ -301,7 +318,7 @@ mod tests {
     use super::*;
     use crate::scope::{Scope, ScopeSet};
     use crate::tokens::config::RedisSettings;
-    use crate::upstream::config::CredentialFingerprint;
+    use crate::upstream::config::Fingerprint;
 
     fn tier(encryption_key: [u8; 32]) -> SharedTier {
         let settings = RedisSettings {
@@ -317,7 +334,7 @@ mod tests {
     fn key(credentials: u8, scopes: &[&str]) -> CacheKey {
         CacheKey {
             upstream: "triumph".into(),
-            credentials: CredentialFingerprint([credentials; 32]),
+            settings: Fingerprint([credentials; 32]),
             scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect::<ScopeSet>(),
         }
     }
@@ -329,13 +346,14 @@ mod tests {
             lifetime_ms: 3_600_000,
             fetched_at_ms: 1_000,
             serve_until_ms: 3_541_000,
+            credential: String::new(),
         }
     }
 
     #[tokio::test]
     async fn a_sealed_token_opens_under_its_own_key_only() {
         let tier = tier([7; 32]);
-        let name = tier.entry_key(&key(1, &["reports:read"]));
+        let name = tier.entry_key(&key(1, &["reports:read"]), "c1");
         let sealed = tier.seal(&name, &stored()).unwrap();
         assert!(!sealed.windows(19).any(|w| w == b"canary-access-token"), "encrypted");
         let opened = tier.open(&name, &sealed).expect("opens");
@@ -343,7 +361,7 @@ mod tests {
         assert_eq!(opened.serve_until_ms, 3_541_000);
 
         // Moved to another key's name, tampered with, or read with another encryption key: ignored.
-        let other_name = tier.entry_key(&key(1, &["reports:write"]));
+        let other_name = tier.entry_key(&key(1, &["reports:write"]), "c1");
         assert!(tier.open(&other_name, &sealed).is_none());
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
@@ -355,16 +373,19 @@ mod tests {
     #[tokio::test]
     async fn redis_names_reveal_nothing_and_follow_credentials_and_the_encryption_key() {
         let tier = tier([7; 32]);
-        let name = tier.entry_key(&key(1, &["reports:read"]));
+        let name = tier.entry_key(&key(1, &["reports:read"]), "c1");
         assert!(name.starts_with("tb:") && name.contains(":token:"), "{name}");
         assert!(!name.contains("triumph") && !name.contains("reports"), "{name}");
-        assert_eq!(name, tier.entry_key(&key(1, &["reports:read"])), "stable");
-        assert_ne!(name, tier.entry_key(&key(2, &["reports:read"])), "other credentials");
-        assert_ne!(name, self::tier([8; 32]).entry_key(&key(1, &["reports:read"])));
-        assert_eq!(
-            tier.lock_key(&key(1, &["reports:read"])),
-            name.replace(":token:", ":lock:"),
-            "the lock is named after its entry"
+        assert_eq!(name, tier.entry_key(&key(1, &["reports:read"]), "c1"), "stable");
+        assert_ne!(name, tier.entry_key(&key(2, &["reports:read"]), "c1"), "other settings");
+        assert_ne!(
+            name,
+            tier.entry_key(&key(1, &["reports:read"]), "c2"),
+            "another credential"
         );
+        assert_ne!(name, self::tier([8; 32]).entry_key(&key(1, &["reports:read"]), "c1"));
+        let lock = tier.lock_key(&key(1, &["reports:read"]));
+        assert!(lock.starts_with("tb:") && lock.contains(":lock:"), "{lock}");
+        assert_ne!(lock, name.replace(":token:", ":lock:"), "one lock for every credential");
     }
 }

@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::key::CacheKey;
+use crate::upstream::config::Fingerprint;
 
 /// A token as replicas share it. Times are wall-clock milliseconds since the Unix epoch.
 /// Its `Debug` leaves the token out.
@@ -18,6 +19,10 @@ pub struct StoredToken {
     pub lifetime_ms: u64,
     pub fetched_at_ms: u64,
     pub serve_until_ms: u64,
+    /// Hex SHA-256 fingerprint of the credential that fetched it (empty in entries written by
+    /// versions before rotation, which are then fetched anew).
+    #[serde(default)]
+    pub credential: String,
 }
 
 impl std::fmt::Debug for StoredToken {
@@ -28,6 +33,7 @@ impl std::fmt::Debug for StoredToken {
             .field("lifetime_ms", &self.lifetime_ms)
             .field("fetched_at_ms", &self.fetched_at_ms)
             .field("serve_until_ms", &self.serve_until_ms)
+            .field("credential", &self.credential)
             .finish()
     }
 }
@@ -44,9 +50,10 @@ pub enum Lock {
 /// Where replicas share tokens and coordinate their fetches. Every operation is bounded in time and
 /// never fails loudly: `None` and [`Lock::Unavailable`] mean "carry on without it".
 pub trait SharedStore: Send + Sync {
-    /// A still-stored token for `key`.
-    fn read<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Option<StoredToken>>;
-    /// Stores `token` for `ttl` (its remaining served life).
+    /// A still-stored token for `key` fetched with one of `credentials` (tried in that order).
+    fn read<'a>(&'a self, key: &'a CacheKey, credentials: &'a [Fingerprint]) -> BoxFuture<'a, Option<StoredToken>>;
+    /// Stores `token` for `ttl` (its remaining served life), filed under the key and the
+    /// credential it was fetched with.
     fn write<'a>(&'a self, key: &'a CacheKey, token: &'a StoredToken, ttl: Duration) -> BoxFuture<'a, ()>;
     /// Tries to become the one replica that fetches `key`, for at most `ttl`.
     fn lock<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> BoxFuture<'a, Lock>;
@@ -70,6 +77,7 @@ mod tests {
             lifetime_ms: 1,
             fetched_at_ms: 2,
             serve_until_ms: 3,
+            credential: String::new(),
         };
         let debug = format!("{stored:?}");
         assert!(!debug.contains("canary-access-token"), "{debug}");

@@ -11,7 +11,7 @@ use super::error::{OAuthErrorCode, UpstreamError};
 use crate::outbound::{self, FetchError};
 use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
 use crate::upstream::assertion;
-use crate::upstream::config::{ClientAuthMethod, UpstreamSettings};
+use crate::upstream::config::{ClientAuthMethod, Credential, Fingerprint, UpstreamSettings};
 
 /// Token responses are small; anything larger is refused before it fills memory.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -23,6 +23,8 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(31_557_600);
 pub struct FetchedToken {
     pub access_token: SecretString,
     pub lifetime: Duration,
+    /// Which of the upstream's credentials fetched it.
+    pub credential: Fingerprint,
     /// The scopes the endpoint says it granted (RFC 6749 §5.1), when it said so.
     pub granted: Option<ScopeSet>,
 }
@@ -46,8 +48,14 @@ impl TokenClient {
         outbound::client(None)
     }
 
-    /// One token request to `upstream` for `scopes`. The caller bounds it in time.
-    pub async fn fetch(&self, upstream: &UpstreamSettings, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+    /// One token request to `upstream` for `scopes`, presenting `credential` (whose fingerprint
+    /// the token will carry). The caller bounds it in time.
+    pub async fn fetch(
+        &self,
+        upstream: &UpstreamSettings,
+        (credential, fingerprint): (&Credential, Fingerprint),
+        scopes: &ScopeSet,
+    ) -> Result<FetchedToken, UpstreamError> {
         let scope = join_scopes(scopes);
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if !scope.is_empty() {
@@ -66,26 +74,24 @@ impl TokenClient {
             .header(ACCEPT, "application/json");
         // Declared before the match: the form borrows it.
         let signed_assertion: String;
-        match upstream.auth_method {
-            ClientAuthMethod::ClientSecretPost => {
+        match (upstream.auth_method, credential) {
+            (ClientAuthMethod::ClientSecretPost, Credential::Secret(secret)) => {
                 form.push(("client_id", &upstream.client_id));
-                form.push(("client_secret", upstream.client_secret.expose_secret()));
+                form.push(("client_secret", secret.expose_secret()));
             }
-            ClientAuthMethod::ClientSecretBasic => {
-                request = request.header(
-                    AUTHORIZATION,
-                    basic_authorization(&upstream.client_id, &upstream.client_secret),
-                );
+            (ClientAuthMethod::ClientSecretBasic, Credential::Secret(secret)) => {
+                request = request.header(AUTHORIZATION, basic_authorization(&upstream.client_id, secret));
             }
-            ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt => {
+            (ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt, _) => {
                 // Signed here, per request: each assertion has its own `jti` and a 60-second life.
                 let audience = upstream.token_url.as_str();
-                let signed = match (upstream.auth_method, &upstream.private_key) {
-                    (ClientAuthMethod::PrivateKeyJwt, Some(key)) => key.sign(&upstream.client_id, audience).ok(),
-                    (ClientAuthMethod::ClientSecretJwt, _) => {
-                        assertion::sign_with_secret(&upstream.client_secret, &upstream.client_id, audience).ok()
+                let signed = match (upstream.auth_method, credential) {
+                    (ClientAuthMethod::PrivateKeyJwt, Credential::Key(key)) => {
+                        key.sign(&upstream.client_id, audience).ok()
                     }
-                    // private_key_jwt without a key: the settings refuse it before this runs.
+                    (ClientAuthMethod::ClientSecretJwt, Credential::Secret(secret)) => {
+                        assertion::sign_with_secret(secret, &upstream.client_id, audience).ok()
+                    }
                     _ => None,
                 };
                 signed_assertion = signed.ok_or(UpstreamError::InvalidResponse(
@@ -94,6 +100,12 @@ impl TokenClient {
                 form.push(("client_id", &upstream.client_id));
                 form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
                 form.push(("client_assertion", &signed_assertion));
+            }
+            // The settings pair each method with its kind of credential before this runs.
+            _ => {
+                return Err(UpstreamError::InvalidResponse(
+                    "no credential for the authentication method",
+                ))
             }
         }
         let body =
@@ -110,7 +122,7 @@ impl TokenClient {
         let body = read_capped(response).await?;
 
         if status.is_success() {
-            let token = parse_token_response(&body, self.default_ttl)?;
+            let token = parse_token_response(&body, self.default_ttl, fingerprint)?;
             // A token wider than asked would let the browser do more than its grant (RFC 6749 §3.3).
             // With no `scope` sent (a grant that lists none), the endpoint's default is what was asked.
             match &token.granted {
@@ -191,7 +203,11 @@ struct TokenResponse {
 
 /// RFC 6749 §5.1. `expires_in` may be a number or a numeric string; absent or null means the
 /// configured default; zero, negative or over a year is refused.
-fn parse_token_response(body: &[u8], default_ttl: Duration) -> Result<FetchedToken, UpstreamError> {
+fn parse_token_response(
+    body: &[u8],
+    default_ttl: Duration,
+    credential: Fingerprint,
+) -> Result<FetchedToken, UpstreamError> {
     let parsed: TokenResponse =
         serde_json::from_slice(body).map_err(|_| UpstreamError::InvalidResponse("not a JSON token response"))?;
     let access_token = match parsed.access_token {
@@ -241,6 +257,7 @@ fn parse_token_response(body: &[u8], default_ttl: Duration) -> Result<FetchedTok
         access_token: SecretString::from(access_token),
         lifetime,
         granted,
+        credential,
     })
 }
 
@@ -262,6 +279,7 @@ mod tests {
     use serde_json::Value;
 
     const TTL: Duration = Duration::from_secs(300);
+    const NO_CREDENTIAL: Fingerprint = Fingerprint([0; 32]);
 
     /// JSON values as a hostile token endpoint might send them: extreme numbers, numeric strings.
     fn hostile_json() -> impl Strategy<Value = Value> {
@@ -316,7 +334,7 @@ mod tests {
                 "expires_in": expires_in,
                 "scope": scope,
             });
-            match parse_token_response(body.to_string().as_bytes(), TTL) {
+            match parse_token_response(body.to_string().as_bytes(), TTL, NO_CREDENTIAL) {
                 Ok(token) => {
                     prop_assert!(token.lifetime >= Duration::from_secs(1) && token.lifetime <= MAX_LIFETIME);
                 }
@@ -326,14 +344,14 @@ mod tests {
 
         #[test]
         fn any_bytes_as_a_token_response_are_a_clean_error_or_a_token(body in prop::collection::vec(any::<u8>(), 0..256)) {
-            if let Err(error) = parse_token_response(&body, TTL) {
+            if let Err(error) = parse_token_response(&body, TTL, NO_CREDENTIAL) {
                 prop_assert!(is_clean_error(error));
             }
         }
     }
 
     fn parse(body: &str) -> Result<FetchedToken, UpstreamError> {
-        parse_token_response(body.as_bytes(), TTL)
+        parse_token_response(body.as_bytes(), TTL, NO_CREDENTIAL)
     }
 
     #[test]

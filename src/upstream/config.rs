@@ -34,21 +34,50 @@ impl fmt::Display for ClientAuthMethod {
     }
 }
 
-/// SHA-256 over an upstream's credentials and token-shaping settings; see
-/// [`UpstreamSettings::credential_fingerprint`]. Its `Debug` shows a prefix only.
+/// SHA-256 over what shapes an upstream's tokens ([`UpstreamSettings::token_fingerprint`]) or
+/// over that and one credential ([`UpstreamSettings::credential_fingerprints`]). Its `Debug`
+/// shows a prefix only.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CredentialFingerprint(pub [u8; 32]);
+pub struct Fingerprint(pub [u8; 32]);
 
-impl fmt::Debug for CredentialFingerprint {
+impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CredentialFingerprint({self})")
+        write!(f, "Fingerprint({self})")
     }
 }
 
 /// The first 8 hex digits: enough for an operator to see that a rotation changed something.
-impl fmt::Display for CredentialFingerprint {
+impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(&self.0[..4]))
+    }
+}
+
+/// One credential the broker can present to the token endpoint. An upstream has one or more,
+/// tried in order (rotation).
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// `client_secret_post`, `client_secret_basic`, `client_secret_jwt`.
+    Secret(SecretString),
+    /// `private_key_jwt`.
+    Key(PrivateKey),
+}
+
+impl Credential {
+    /// What the fingerprint covers: the kind and the material.
+    fn digest_into(&self, field: &mut dyn FnMut(&[u8])) {
+        match self {
+            Self::Secret(secret) => {
+                field(b"client secret");
+                field(secret.expose_secret().as_bytes());
+            }
+            Self::Key(key) => {
+                field(b"private key");
+                field(key.pem().expose_secret().as_bytes());
+                field(format!("{:?}", key.alg()).as_bytes());
+                field(key.kid().as_bytes());
+            }
+        }
     }
 }
 
@@ -57,11 +86,9 @@ pub struct UpstreamSettings {
     pub name: String,
     pub token_url: Url,
     pub client_id: String,
-    /// Empty with `private_key_jwt`, which signs with `private_key` instead.
-    pub client_secret: SecretString,
     pub auth_method: ClientAuthMethod,
-    /// The key `private_key_jwt` signs with.
-    pub private_key: Option<PrivateKey>,
+    /// At least one, of the kind `auth_method` uses; tried in order.
+    pub credentials: Vec<Credential>,
     pub scopes: ScopeSet,
     pub audience: Option<String>,
     /// RFC 8707 resource indicators, one `resource` form field each.
@@ -77,57 +104,62 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
-    /// A digest of everything that shapes the tokens this upstream hands out: the token endpoint,
-    /// client id, authentication method, secret, audience and extra parameters. It is part of every
-    /// cache key, in memory and in Redis, so a token fetched under other credentials or settings
-    /// is never served. Fields are length-prefixed, so no two settings share an encoding.
-    pub fn credential_fingerprint(&self) -> CredentialFingerprint {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        let mut field = |bytes: &[u8]| {
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(bytes);
-        };
-        field(b"token-broker credentials v1");
-        field(self.token_url.as_str().as_bytes());
-        field(self.client_id.as_bytes());
-        field(format!("{:?}", self.auth_method).as_bytes());
-        field(self.client_secret.expose_secret().as_bytes());
-        if let Some(key) = &self.private_key {
-            field(b"private key");
-            field(key.pem().expose_secret().as_bytes());
-            field(format!("{:?}", key.alg()).as_bytes());
-            field(key.kid().as_bytes());
-        }
-        match &self.audience {
-            Some(audience) => {
-                field(b"audience");
-                field(audience.as_bytes());
+    /// A digest of what shapes this upstream's tokens apart from the credential presented: the
+    /// token endpoint, client id, authentication method, audience, resources and extra
+    /// parameters. It is part of every cache key, in memory and in Redis. Fields are
+    /// length-prefixed, so no two settings share an encoding.
+    pub fn token_fingerprint(&self) -> Fingerprint {
+        digest(|field| {
+            field(b"token-broker token settings v2");
+            field(self.token_url.as_str().as_bytes());
+            field(self.client_id.as_bytes());
+            field(format!("{:?}", self.auth_method).as_bytes());
+            match &self.audience {
+                Some(audience) => {
+                    field(b"audience");
+                    field(audience.as_bytes());
+                }
+                None => field(b"no audience"),
             }
-            None => field(b"no audience"),
-        }
-        for resource in &self.resource {
-            field(b"resource");
-            field(resource.as_bytes());
-        }
-        for (name, value) in &self.params {
-            field(b"param");
-            field(name.as_bytes());
-            field(value.as_bytes());
-        }
-        CredentialFingerprint(hasher.finalize().into())
+            for resource in &self.resource {
+                field(b"resource");
+                field(resource.as_bytes());
+            }
+            for (name, value) in &self.params {
+                field(b"param");
+                field(name.as_bytes());
+                field(value.as_bytes());
+            }
+        })
     }
 
-    /// Whether `other` asks the same token endpoint with the same credentials and parameters,
-    /// so that tokens cached under one are valid under the other.
-    pub fn same_credentials(&self, other: &Self) -> bool {
-        self.credential_fingerprint() == other.credential_fingerprint()
+    /// One digest per credential, over [`Self::token_fingerprint`] and the credential: each cached
+    /// token records the one it was fetched with, and is served only while that credential is
+    /// still configured, so a token fetched under other credentials or settings is never served.
+    pub fn credential_fingerprints(&self) -> Vec<Fingerprint> {
+        let settings = self.token_fingerprint();
+        self.credentials
+            .iter()
+            .map(|credential| {
+                digest(|field| {
+                    field(b"token-broker credential v1");
+                    field(&settings.0);
+                    credential.digest_into(field);
+                })
+            })
+            .collect()
+    }
+
+    /// Whether tokens cached under `other` were asked for in the same way (the credential apart).
+    pub fn same_token_settings(&self, other: &Self) -> bool {
+        self.token_fingerprint() == other.token_fingerprint()
     }
 
     /// Whether nothing at all differs, so the upstream's state (circuit breaker, remembered
     /// refusals, hourly quota) carries over a reload.
     pub fn same_as(&self, other: &Self) -> bool {
-        self.same_credentials(other)
+        self.same_token_settings(other)
+            && self.credential_fingerprints() == other.credential_fingerprints()
             && self.name == other.name
             && self.scopes == other.scopes
             && self.timeout == other.timeout
@@ -135,4 +167,15 @@ impl UpstreamSettings {
             && self.proxy == other.proxy
             && self.expose_tokens == other.expose_tokens
     }
+}
+
+/// SHA-256 over the fields `feed` gives, each length-prefixed.
+fn digest(feed: impl FnOnce(&mut dyn FnMut(&[u8]))) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    feed(&mut |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    });
+    Fingerprint(hasher.finalize().into())
 }

@@ -10,6 +10,9 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct OAuthErrorCode(String);
 
 impl OAuthErrorCode {
+    /// RFC 6749 §5.2: client authentication failed.
+    pub const INVALID_CLIENT: &'static str = "invalid_client";
+
     /// RFC 6749 §5.2: `error` is `%x20-21 / %x23-5B / %x5D-7E`; we also refuse spaces and long values
     /// so that the code can be logged without letting the upstream write into our logs.
     pub fn parse(code: &str) -> Option<Self> {

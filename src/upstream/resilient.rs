@@ -11,6 +11,7 @@
 //! - an optional `max_tokens_per_hour` quota refuses fresh fetches past it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,10 @@ use rand::Rng;
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
-use crate::metrics::{Metrics, ProxyMetrics, UpstreamLabel};
+use crate::metrics::{Metrics, ProxyMetrics, UpstreamCredential, UpstreamLabel};
 use crate::scope::ScopeSet;
-use crate::upstream::config::{CredentialFingerprint, UpstreamSettings};
+use crate::upstream::config::{Fingerprint, UpstreamSettings};
+use crate::upstream::OAuthErrorCode;
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -43,7 +45,12 @@ const HOUR: Duration = Duration::from_secs(3600);
 pub struct Upstream {
     pub settings: UpstreamSettings,
     /// What the cache keys this upstream's tokens under, besides the name and scopes.
-    pub credentials: CredentialFingerprint,
+    pub token_settings: Fingerprint,
+    /// One per configured credential, in order: a cached token is served only while the one it
+    /// was fetched with is among them.
+    pub credentials: Vec<Fingerprint>,
+    /// The credential tried first: the one that last worked.
+    preferred: AtomicUsize,
     /// The upstream's metric label, made once rather than on every request.
     pub label: UpstreamLabel,
     /// This upstream's proxy metrics, looked up once.
@@ -96,7 +103,9 @@ impl Upstream {
             label: UpstreamLabel {
                 upstream: settings.name.clone(),
             },
-            credentials: settings.credential_fingerprint(),
+            token_settings: settings.token_fingerprint(),
+            credentials: settings.credential_fingerprints(),
+            preferred: AtomicUsize::new(0),
             proxy_metrics: metrics.proxy_metrics(&settings.name),
             settings,
             client,
@@ -108,6 +117,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// Whether a token fetched with `credential` may be served: that credential is still configured.
+    pub fn accepts(&self, credential: &Fingerprint) -> bool {
+        self.credentials.contains(credential)
     }
 
     /// A new token for `scopes`, unless the guard says the upstream must not be asked now.
@@ -230,12 +244,59 @@ impl Upstream {
         }
     }
 
+    /// The exchange with the preferred credential; when the endpoint answers `invalid_client` and
+    /// another credential is configured, one more with the next. The one that works is preferred
+    /// from then on; after two refusals the one after them is tried first next time.
     async fn exchange_with_retries(&self, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        let count = self.credentials.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count.max(1);
+        let mut index = first;
+        loop {
+            let result = self.exchange_with(index, scopes).await;
+            match &result {
+                Ok(_) => self.preferred.store(index, Ordering::Relaxed),
+                Err(UpstreamError::Refused { error: Some(code), .. })
+                    if code.as_str() == OAuthErrorCode::INVALID_CLIENT =>
+                {
+                    self.credential_refused(index);
+                    let next = (index + 1) % count;
+                    if next != first && index == first {
+                        index = next;
+                        continue;
+                    }
+                    self.preferred.store(next, Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+            return result;
+        }
+    }
+
+    fn credential_refused(&self, index: usize) {
+        self.metrics
+            .credential_refusals
+            .get_or_create(&UpstreamCredential {
+                upstream: self.settings.name.clone(),
+                credential: index as u32,
+            })
+            .inc();
+        tracing::warn!(
+            upstream = %self.settings.name,
+            credential = index,
+            credentials = self.credentials.len(),
+            fingerprint = %self.credentials[index],
+            "the token endpoint refused a credential (invalid_client)"
+        );
+    }
+
+    /// One exchange with credential `index`: connect errors and 5xx retried with backoff.
+    async fn exchange_with(&self, index: usize, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+        let credential = (&self.settings.credentials[index], self.credentials[index]);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = self.client.fetch(&self.settings, scopes).await;
+            let result = self.client.fetch(&self.settings, credential, scopes).await;
             let outcome = result.as_ref().map_or_else(UpstreamError::outcome, |_| "success");
             self.metrics
                 .upstream_request(self.name(), outcome, Some(started.elapsed()));

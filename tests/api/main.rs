@@ -24,6 +24,7 @@ mod proxy_websocket;
 mod public_tokens;
 mod replicas;
 mod resilience;
+mod rotation;
 mod structure;
 mod token_route;
 mod upstream_exchange;

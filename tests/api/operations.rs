@@ -12,12 +12,6 @@ async fn app_with(extra_server_settings: &str) -> (TestApp, MockServer) {
     (TestApp::spawn(&toml).await, upstream)
 }
 
-async fn metrics(app: &TestApp) -> String {
-    let response = app.http.get(format!("{}/metrics", app.admin)).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 /// The value of the sample whose line starts with `series` (name and labels).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -34,7 +28,7 @@ async fn the_metrics_count_what_happened() {
         assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
     }
     assert_eq!(app.get_token("wrong", "triumph", None).await.status(), 401);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert_eq!(
         sample(&text, r#"token_broker_cache_misses_total{upstream="triumph"}"#),
         1.0
@@ -86,7 +80,7 @@ async fn failed_upstream_requests_are_counted_by_outcome() {
         .await;
     let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
     assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 503);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert_eq!(
         sample(
             &text,

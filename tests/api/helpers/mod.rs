@@ -99,6 +99,13 @@ impl TestApp {
         }
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.admin)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub fn token_url(&self, upstream: &str) -> String {
         format!("{}/v1/token/{upstream}", self.base)
     }

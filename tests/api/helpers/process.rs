@@ -91,9 +91,14 @@ impl BrokerProcess {
 
     /// Waits (bounded) until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        self.wait_for_log_after(0, needle, within)
+    }
+
+    /// Waits (bounded) until a log line after the first `skip` contains `needle`.
+    pub fn wait_for_log_after(&self, skip: usize, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self.logs().into_iter().skip(skip).find(|l| l.contains(needle)) {
                 return line;
             }
             assert!(
