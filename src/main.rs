@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use token_broker::public_tokens::SigningKey;
 use token_broker::settings::{process_env, Settings};
-use token_broker::startup::Application;
+use token_broker::startup::{self, Application};
 use token_broker::telemetry::{self, LogFormat};
 use token_broker::{demo, identity};
 
@@ -95,8 +95,20 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let _logs = telemetry::init(LogFormat::Json);
+    let mut settings = settings;
     run(async move {
         let path = config.expect("load() refused a missing --config");
+        match startup::discover(&mut settings, None).await {
+            Ok(remarks) => startup::warn_remarks(&remarks),
+            Err(problems) => {
+                for problem in &problems {
+                    eprintln!("{}: {}", problem.key, problem.message);
+                }
+                return Err(std::io::Error::other(
+                    "an issuer's metadata is not usable, not starting",
+                ));
+            }
+        }
         let app = Application::build(settings)?.reload_from(path, process_env());
         tracing::info!(listen = %app.address(), admin_listen = %app.admin_address(), "token-broker listening");
         app.run_until_stopped().await
@@ -105,7 +117,25 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 
 fn check(config: Option<PathBuf>) -> ExitCode {
     match load(config.as_deref()) {
-        Ok(settings) => {
+        Ok(mut settings) => {
+            // Issuers are asked for their metadata, as `serve` would.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a Tokio runtime");
+            match runtime.block_on(startup::discover(&mut settings, None)) {
+                Ok(remarks) => {
+                    for remark in remarks {
+                        println!("warning: {}: {}", remark.key, remark.message);
+                    }
+                }
+                Err(problems) => {
+                    for problem in problems {
+                        eprintln!("{}: {}", problem.key, problem.message);
+                    }
+                    return ExitCode::from(2);
+                }
+            }
             println!(
                 "configuration valid: {} upstream(s), {} authenticator(s), {} grant(s)",
                 settings.upstreams.len(),
@@ -117,7 +147,7 @@ fn check(config: Option<PathBuf>) -> ExitCode {
             for (name, upstream) in &settings.upstreams {
                 println!(
                     "upstream {name}: token endpoint {}, {}, credentials {}{}",
-                    upstream.token_url,
+                    describe_endpoint(upstream),
                     upstream.auth_method,
                     upstream
                         .credential_fingerprints()
@@ -134,6 +164,23 @@ fn check(config: Option<PathBuf>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// The token endpoint, and for an issuer where it was found.
+fn describe_endpoint(upstream: &token_broker::upstream::config::UpstreamSettings) -> String {
+    use token_broker::upstream::config::Endpoint;
+    match &upstream.endpoint {
+        Endpoint::Fixed(url) => url.to_string(),
+        Endpoint::Discovered {
+            issuer,
+            metadata: Some(metadata),
+        } => format!(
+            "{} (issuer {issuer}, metadata {})",
+            metadata.token_endpoint_for(upstream.auth_method.uses_certificate()),
+            metadata.document
+        ),
+        Endpoint::Discovered { issuer, metadata: None } => format!("unknown (issuer {issuer})"),
     }
 }
 

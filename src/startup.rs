@@ -24,6 +24,8 @@ use crate::routes;
 use crate::settings::{Env, Settings};
 use crate::state::{AppState, Broker};
 use crate::tokens::{SharedStore, SharedTier, TokenCache};
+use crate::upstream::config::Endpoint;
+use crate::upstream::endpoint::{discover_all, Finding};
 use crate::upstream::{TokenClient, Upstream};
 
 /// The process state for `settings`: the token cache (with its Redis tier), metrics, and the
@@ -46,6 +48,27 @@ fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
     );
     let state = build_state(settings, &clock, &http, &metrics, None);
     Ok(Broker::new(state, tokens, metrics, clock, http))
+}
+
+/// Fetches the metadata of the upstreams configured with `issuer` into `settings`: before the
+/// broker starts, and before a reload applies (reusing the running upstream's document when its
+/// issuer is unchanged, so a reload does not depend on the issuer being up). `Err` holds the
+/// problems, which stop start-up or the reload; `Ok` the remarks worth a warning.
+pub async fn discover(settings: &mut Settings, previous: Option<&AppState>) -> Result<Vec<Finding>, Vec<Finding>> {
+    let http = TokenClient::http_client();
+    let known = |name: &str, issuer: &str| {
+        let running = previous?.upstreams.get(name)?;
+        match &running.settings.endpoint {
+            Endpoint::Discovered { issuer: old, .. } if old == issuer => running.endpoint.metadata(),
+            _ => None,
+        }
+    };
+    let (problems, remarks) = discover_all(&mut settings.upstreams, &http, known).await;
+    if problems.is_empty() {
+        Ok(remarks)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Swaps in a new configuration. Tokens of upstreams whose endpoint or credentials changed, or
@@ -276,7 +299,7 @@ impl Application {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
-                _ = hangup.recv() => reload(&self.broker, self.reload.as_ref()),
+                _ = hangup.recv() => reload(&self.broker, self.reload.as_ref()).await,
                 ended = &mut server => {
                     admin.stop(false).await;
                     return ended.map_err(std::io::Error::other)?;
@@ -294,22 +317,33 @@ impl Application {
     }
 }
 
-fn reload(broker: &Broker, source: Option<&ReloadSource>) {
+async fn reload(broker: &Broker, source: Option<&ReloadSource>) {
     let Some(source) = source else {
         tracing::warn!("SIGHUP ignored: no configuration file to reload");
         return;
     };
-    match Settings::load(Some(&source.path), &source.env) {
-        Ok(settings) => {
-            apply_reload(broker, settings);
-            tracing::info!(config = %source.path.display(), "configuration reloaded");
-        }
-        Err(problems) => {
-            for problem in &problems.0 {
-                tracing::error!(key = %problem.key, problem = %problem.message, "configuration not reloaded");
+    let problems: Vec<(String, String)> = match Settings::load(Some(&source.path), &source.env) {
+        Ok(mut settings) => match discover(&mut settings, Some(&broker.state())).await {
+            Ok(remarks) => {
+                warn_remarks(&remarks);
+                apply_reload(broker, settings);
+                tracing::info!(config = %source.path.display(), "configuration reloaded");
+                return;
             }
-            tracing::error!("the new configuration is invalid; the running one stays in force");
-        }
+            Err(problems) => problems.into_iter().map(|f| (f.key, f.message)).collect(),
+        },
+        Err(problems) => problems.0.into_iter().map(|p| (p.key, p.message)).collect(),
+    };
+    for (key, problem) in &problems {
+        tracing::error!(key = %key, problem = %problem, "configuration not reloaded");
+    }
+    tracing::error!("the new configuration is invalid; the running one stays in force");
+}
+
+/// Logs what discovery remarked (an `auth_method` the issuer does not list).
+pub fn warn_remarks(remarks: &[Finding]) {
+    for remark in remarks {
+        tracing::warn!(key = %remark.key, remark = %remark.message, "configuration remark");
     }
 }
 

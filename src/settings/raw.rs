@@ -82,7 +82,8 @@ pub struct Redis {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub token_url: String,
+    pub token_url: Option<String>,
+    pub issuer: Option<String>,
     pub client_id: String,
     pub client_secret: Option<Secrets>,
     pub auth_method: Option<String>,

@@ -12,7 +12,7 @@ use crate::proxy::config::ProxySettings;
 use crate::proxy::path::PathPattern;
 use crate::scope::ScopeSet;
 use crate::upstream::assertion::{KeyError, PrivateKey};
-use crate::upstream::config::{ClientAuthMethod, Credential, UpstreamSettings};
+use crate::upstream::config::{AssertionAudience, ClientAuthMethod, Credential, Endpoint, UpstreamSettings};
 use secrecy::ExposeSecret;
 
 const RESERVED_PARAMS: &[&str] = &[
@@ -48,15 +48,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
             "upstream names use only letters, digits, '-' and '_'",
         );
     }
-    let token_url = check.secure_url(&key("token_url"), &raw.token_url);
-    if let Some(url) = &token_url {
-        if !url.username().is_empty() || url.password().is_some() {
-            check.problem(
-                key("token_url"),
-                "must not carry credentials; use client_id and client_secret",
-            );
-        }
-    }
+    let endpoint = endpoint(check, name, raw);
     if raw.client_id.trim().is_empty() {
         check.problem(key("client_id"), "must not be empty");
     }
@@ -106,7 +98,8 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
     }
     Some(UpstreamSettings {
         name: name.to_string(),
-        token_url: token_url?,
+        assertion_audience: assertion_audience(check, name, raw, auth_method, endpoint.as_ref()),
+        endpoint: endpoint?,
         client_id: raw.client_id.clone(),
         auth_method,
         credentials,
@@ -124,6 +117,83 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
     })
 }
 
+/// `token_url`, or `issuer` for discovery: one of them.
+fn endpoint(check: &mut Check, name: &str, raw: &raw::Upstream) -> Option<Endpoint> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    match (&raw.token_url, &raw.issuer) {
+        (Some(text), None) => {
+            let url = check.secure_url(&key("token_url"), text)?;
+            if !url.username().is_empty() || url.password().is_some() {
+                check.problem(
+                    key("token_url"),
+                    "must not carry credentials; use client_id and client_secret",
+                );
+            }
+            Some(Endpoint::Fixed(url))
+        }
+        (None, Some(issuer)) => {
+            let url = check.secure_url(&key("issuer"), issuer)?;
+            if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+                check.problem(
+                    key("issuer"),
+                    "an issuer has no query, fragment or credentials (RFC 8414 §2)",
+                );
+            }
+            Some(Endpoint::Discovered {
+                issuer: issuer.clone(),
+                metadata: None,
+            })
+        }
+        (Some(_), Some(_)) => {
+            check.problem(key("issuer"), "give token_url or issuer, not both");
+            None
+        }
+        (None, None) => {
+            check.problem(
+                key("token_url"),
+                "is required (or `issuer`, to find the token endpoint in the issuer's metadata)",
+            );
+            None
+        }
+    }
+}
+
+/// Refuses a key that `auth_method` does not use.
+fn unused(check: &mut Check, key: &str, auth_method: ClientAuthMethod, present: bool) {
+    if present {
+        check.problem(key, format!("is not used with auth_method = \"{auth_method}\""));
+    }
+}
+
+/// `assertion_audience`: the token endpoint, or the issuer (which needs `issuer`).
+fn assertion_audience(
+    check: &mut Check,
+    name: &str,
+    raw: &raw::Upstream,
+    auth_method: ClientAuthMethod,
+    endpoint: Option<&Endpoint>,
+) -> AssertionAudience {
+    let key = format!("upstreams.{name}.assertion_audience");
+    let signs = matches!(
+        auth_method,
+        ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::ClientSecretJwt
+    );
+    unused(check, &key, auth_method, !signs && raw.assertion_audience.is_some());
+    match raw.assertion_audience.as_deref() {
+        None | Some("token_endpoint") => AssertionAudience::TokenEndpoint,
+        Some("issuer") => {
+            if !matches!(endpoint, Some(Endpoint::Discovered { .. })) {
+                check.problem(key, "\"issuer\" needs `issuer` (discovery) instead of token_url");
+            }
+            AssertionAudience::Issuer
+        }
+        Some(other) => {
+            check.problem(key, format!("`{other}` is not \"token_endpoint\" or \"issuer\""));
+            AssertionAudience::TokenEndpoint
+        }
+    }
+}
+
 /// The credentials `auth_method` uses, in the configured order: client secrets, or private keys
 /// (each parsed and checked against `signing_alg` now, so that a wrong key stops start-up rather
 /// than a request).
@@ -136,25 +206,9 @@ fn credentials(
 ) -> Vec<Credential> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
     let uses_key = auth_method == ClientAuthMethod::PrivateKeyJwt;
-    let signs = matches!(
-        auth_method,
-        ClientAuthMethod::PrivateKeyJwt | ClientAuthMethod::ClientSecretJwt
-    );
-    let unused = |check: &mut Check, field: &str, present: bool| {
-        if present {
-            check.problem(key(field), format!("is not used with auth_method = \"{auth_method}\""));
-        }
-    };
+    let unused = |check: &mut Check, field: &str, present: bool| unused(check, &key(field), auth_method, present);
     unused(check, "signing_alg", !uses_key && raw.signing_alg.is_some());
     unused(check, "key_id", !uses_key && raw.key_id.is_some());
-    unused(check, "assertion_audience", !signs && raw.assertion_audience.is_some());
-    match raw.assertion_audience.as_deref() {
-        None | Some("token_endpoint") => {}
-        Some(other) => check.problem(
-            key("assertion_audience"),
-            format!("`{other}` is not supported: the assertion's audience is the token endpoint (\"token_endpoint\")"),
-        ),
-    }
     let (field, other) = if uses_key {
         ("private_key", "client_secret")
     } else {

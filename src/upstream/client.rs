@@ -11,7 +11,8 @@ use super::error::{OAuthErrorCode, UpstreamError};
 use crate::outbound::{self, FetchError};
 use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
 use crate::upstream::assertion;
-use crate::upstream::config::{ClientAuthMethod, Credential, Fingerprint, UpstreamSettings};
+use crate::upstream::config::{AssertionAudience, ClientAuthMethod, Credential, Fingerprint, UpstreamSettings};
+use crate::upstream::endpoint::Target;
 
 /// Token responses are small; anything larger is refused before it fills memory.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -42,17 +43,23 @@ impl TokenClient {
         Self { http, default_ttl }
     }
 
+    /// The HTTP client shared by the token endpoints (and issuers' metadata).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The HTTP client for token endpoints: no redirects; each upstream's `timeout` bounds the
     /// exchange around it.
     pub fn http_client() -> reqwest::Client {
         outbound::client(None)
     }
 
-    /// One token request to `upstream` for `scopes`, presenting `credential` (whose fingerprint
-    /// the token will carry). The caller bounds it in time.
+    /// One token request to `upstream`'s endpoint `target` for `scopes`, presenting `credential`
+    /// (whose fingerprint the token will carry). The caller bounds it in time.
     pub async fn fetch(
         &self,
         upstream: &UpstreamSettings,
+        target: &Target,
         (credential, fingerprint): (&Credential, Fingerprint),
         scopes: &ScopeSet,
     ) -> Result<FetchedToken, UpstreamError> {
@@ -70,7 +77,7 @@ impl TokenClient {
 
         let mut request = self
             .http
-            .post(upstream.token_url.clone())
+            .post(target.token_url.clone())
             .header(ACCEPT, "application/json");
         // Declared before the match: the form borrows it.
         let signed_assertion: String;
@@ -84,7 +91,10 @@ impl TokenClient {
             }
             (ClientAuthMethod::ClientSecretJwt | ClientAuthMethod::PrivateKeyJwt, _) => {
                 // Signed here, per request: each assertion has its own `jti` and a 60-second life.
-                let audience = upstream.token_url.as_str();
+                let audience = match (upstream.assertion_audience, &target.issuer) {
+                    (AssertionAudience::Issuer, Some(issuer)) => issuer.as_str(),
+                    _ => target.token_url.as_str(),
+                };
                 let signed = match (upstream.auth_method, credential) {
                     (ClientAuthMethod::PrivateKeyJwt, Credential::Key(key)) => {
                         key.sign(&upstream.client_id, audience).ok()

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -10,6 +11,7 @@ use url::Url;
 use crate::proxy::config::ProxySettings;
 use crate::scope::ScopeSet;
 use crate::upstream::assertion::PrivateKey;
+use crate::upstream::discovery::ServerMetadata;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuthMethod {
@@ -21,6 +23,17 @@ pub enum ClientAuthMethod {
     ClientSecretJwt,
     /// RFC 7523 §2.2: an assertion signed with the client's private key.
     PrivateKeyJwt,
+    /// RFC 8705 §2.1: a client certificate from a CA the server trusts, on the TLS connection.
+    TlsClientAuth,
+    /// RFC 8705 §2.2: a self-signed client certificate the server has registered.
+    SelfSignedTlsClientAuth,
+}
+
+impl ClientAuthMethod {
+    /// Whether the client authenticates with a certificate on the TLS connection (RFC 8705).
+    pub fn uses_certificate(self) -> bool {
+        matches!(self, Self::TlsClientAuth | Self::SelfSignedTlsClientAuth)
+    }
 }
 
 impl fmt::Display for ClientAuthMethod {
@@ -30,6 +43,8 @@ impl fmt::Display for ClientAuthMethod {
             Self::ClientSecretBasic => "client_secret_basic",
             Self::ClientSecretJwt => "client_secret_jwt",
             Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         })
     }
 }
@@ -81,10 +96,33 @@ impl Credential {
     }
 }
 
+/// Where the token endpoint is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `token_url`.
+    Fixed(Url),
+    /// `issuer`: the token endpoint is in the issuer's metadata, fetched before the broker starts
+    /// (`metadata`) and refreshed while it runs.
+    Discovered {
+        /// As configured: the metadata's `issuer` must be exactly this.
+        issuer: String,
+        metadata: Option<Arc<ServerMetadata>>,
+    },
+}
+
+/// The `aud` of a client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAudience {
+    TokenEndpoint,
+    /// Only with `issuer`.
+    Issuer,
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub name: String,
-    pub token_url: Url,
+    pub endpoint: Endpoint,
+    pub assertion_audience: AssertionAudience,
     pub client_id: String,
     pub auth_method: ClientAuthMethod,
     /// At least one, of the kind `auth_method` uses; tried in order.
@@ -111,7 +149,14 @@ impl UpstreamSettings {
     pub fn token_fingerprint(&self) -> Fingerprint {
         digest(|field| {
             field(b"token-broker token settings v2");
-            field(self.token_url.as_str().as_bytes());
+            // The issuer identifies the server however its metadata moves the endpoint.
+            match &self.endpoint {
+                Endpoint::Fixed(url) => field(url.as_str().as_bytes()),
+                Endpoint::Discovered { issuer, .. } => {
+                    field(b"issuer");
+                    field(issuer.as_bytes());
+                }
+            }
             field(self.client_id.as_bytes());
             field(format!("{:?}", self.auth_method).as_bytes());
             match &self.audience {
@@ -160,6 +205,7 @@ impl UpstreamSettings {
     pub fn same_as(&self, other: &Self) -> bool {
         self.same_token_settings(other)
             && self.credential_fingerprints() == other.credential_fingerprints()
+            && self.assertion_audience == other.assertion_audience
             && self.name == other.name
             && self.scopes == other.scopes
             && self.timeout == other.timeout

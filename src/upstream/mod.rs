@@ -4,6 +4,8 @@
 pub mod assertion;
 mod client;
 pub mod config;
+pub mod discovery;
+pub mod endpoint;
 mod error;
 mod resilient;
 

@@ -24,6 +24,7 @@ use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, ProxyMetrics, UpstreamCredential, UpstreamLabel};
 use crate::scope::ScopeSet;
 use crate::upstream::config::{Fingerprint, UpstreamSettings};
+use crate::upstream::endpoint::LiveEndpoint;
 use crate::upstream::OAuthErrorCode;
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
@@ -51,6 +52,8 @@ pub struct Upstream {
     pub credentials: Vec<Fingerprint>,
     /// The credential tried first: the one that last worked.
     preferred: AtomicUsize,
+    /// Where token requests go (the issuer's metadata, when configured with one).
+    pub endpoint: LiveEndpoint,
     /// The upstream's metric label, made once rather than on every request.
     pub label: UpstreamLabel,
     /// This upstream's proxy metrics, looked up once.
@@ -106,6 +109,7 @@ impl Upstream {
             token_settings: settings.token_fingerprint(),
             credentials: settings.credential_fingerprints(),
             preferred: AtomicUsize::new(0),
+            endpoint: LiveEndpoint::new(&settings, client.http(), clock.clone()),
             proxy_metrics: metrics.proxy_metrics(&settings.name),
             settings,
             client,
@@ -292,11 +296,14 @@ impl Upstream {
     /// One exchange with credential `index`: connect errors and 5xx retried with backoff.
     async fn exchange_with(&self, index: usize, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
         let credential = (&self.settings.credentials[index], self.credentials[index]);
+        let target = self.endpoint.target().ok_or(UpstreamError::Unreachable(
+            "the issuer's metadata has not been fetched yet".into(),
+        ))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = self.client.fetch(&self.settings, credential, scopes).await;
+            let result = self.client.fetch(&self.settings, &target, credential, scopes).await;
             let outcome = result.as_ref().map_or_else(UpstreamError::outcome, |_| "success");
             self.metrics
                 .upstream_request(self.name(), outcome, Some(started.elapsed()));

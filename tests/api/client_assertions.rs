@@ -23,11 +23,11 @@ struct Claims {
 /// A token endpoint that accepts only a valid assertion for `CLIENT_ID` addressed to itself, once
 /// per `jti`; it answers `invalid_client` otherwise, as an authorization server does.
 #[derive(Clone)]
-struct VerifyAssertion {
-    key: DecodingKey,
-    alg: Algorithm,
-    audience: String,
-    jtis: Arc<Mutex<Vec<String>>>,
+pub struct VerifyAssertion {
+    pub key: DecodingKey,
+    pub alg: Algorithm,
+    pub audience: String,
+    pub jtis: Arc<Mutex<Vec<String>>>,
 }
 
 impl Respond for VerifyAssertion {

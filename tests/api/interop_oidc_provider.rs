@@ -74,8 +74,8 @@ async fn broker_for(provider: &Provider, client_id: &str, auth_method: &str, sec
     .await
 }
 
-/// A broker whose upstream `op` is `client_id` at the provider, with `credential` (TOML lines,
-/// the last of the upstream's table: tables of its own, such as `proxy`, may follow).
+/// A broker whose upstream `op` is `client_id` at the provider's token URL, with `credential` (TOML
+/// lines, the last of the upstream's table: tables of its own, such as `proxy`, may follow).
 async fn broker_with(
     provider: &Provider,
     client_id: &str,
@@ -83,6 +83,12 @@ async fn broker_with(
     credential: &str,
     secret: &str,
 ) -> String {
+    let endpoint = format!("token_url = \"{}/token\"", provider.base);
+    broker_at(&endpoint, client_id, auth_method, credential, secret).await
+}
+
+/// As [`broker_with`], the token endpoint given by `endpoint` (a `token_url` or `issuer` line).
+async fn broker_at(endpoint: &str, client_id: &str, auth_method: &str, credential: &str, secret: &str) -> String {
     let toml = format!(
         r#"
         [server]
@@ -91,7 +97,7 @@ async fn broker_with(
         workers = 1
 
         [upstreams.op]
-        token_url = "{base}/token"
+        {endpoint}
         client_id = "{client_id}"
         auth_method = "{auth_method}"
         scopes = ["api:read", "api:write"]
@@ -105,11 +111,13 @@ async fn broker_with(
         subjects = ["user"]
         upstreams = {{ op = ["api:read", "api:write"] }}
         "#,
-        base = provider.base,
         hash = hash_key(API_KEY),
     );
     let env: Env = [("OP_SECRET".to_string(), secret.to_string())].into();
-    let settings = Settings::from_toml(&toml, &env).unwrap();
+    let mut settings = Settings::from_toml(&toml, &env).unwrap();
+    token_broker::startup::discover(&mut settings, None)
+        .await
+        .expect("the issuer's metadata is usable");
     let app = Application::build_with_clock(settings, std::sync::Arc::new(SystemClock)).unwrap();
     let base = format!("http://{}", app.address());
     tokio::spawn(app.run_until_stopped());
@@ -265,6 +273,27 @@ async fn a_replayed_assertion_is_refused_by_oidc_provider() {
     let replayed = send().await.unwrap();
     assert_eq!(replayed.status(), 401);
     assert_eq!(replayed.json::<Value>().await.unwrap()["error"], "invalid_client");
+}
+
+/// Configured with the provider's issuer alone, the broker finds the token endpoint in its OpenID
+/// Connect discovery document (oidc-provider serves no RFC 8414 one, so the fallback is what
+/// works), for a client secret and for a private key whose assertion names the issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_oidc_provider_found_by_its_issuer_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = client_keys(dir.path());
+    let provider = start_provider_with_keys(Some(dir.path())).await;
+    let issuer = format!("issuer = \"{}\"", provider.base);
+    let credential = "client_secret = { env = \"OP_SECRET\" }";
+    let broker = broker_at(&issuer, "post-client", "client_secret_post", credential, SECRET).await;
+    verify_exchanges(&provider, &broker, "post-client").await;
+
+    let credential = format!(
+        "private_key = {{ file = \"{}\" }}\nassertion_audience = \"issuer\"",
+        keys[0].1
+    );
+    let broker = broker_at(&issuer, "pkjwt-rsa", "private_key_jwt", &credential, SECRET).await;
+    verify_exchanges(&provider, &broker, "pkjwt-rsa").await;
 }
 
 #[tokio::test]

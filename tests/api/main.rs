@@ -11,6 +11,7 @@ mod client_assertions;
 mod contract;
 mod cors;
 mod deploy;
+mod discovery;
 mod hardening;
 mod identity_forward;
 mod identity_jwt;

@@ -85,7 +85,10 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(toml: &str) -> Self {
-        let settings = Settings::from_toml(toml, &env()).expect("test settings are valid");
+        let mut settings = Settings::from_toml(toml, &env()).expect("test settings are valid");
+        token_broker::startup::discover(&mut settings, None)
+            .await
+            .expect("the issuers' metadata is usable");
         let clock = ManualClock::new();
         let app = Application::build_with_clock(settings, clock.clone()).expect("the broker binds");
         let base = format!("http://{}", app.address());

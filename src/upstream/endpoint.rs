@@ -1,0 +1,217 @@
+//! Where an upstream's token requests go: its `token_url`, or the token endpoint its `issuer`'s
+//! metadata names — fetched before the broker starts (or a reload applies), then refreshed daily
+//! in the background, the last good document kept when a refresh fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use url::Url;
+
+use super::config::{Endpoint, UpstreamSettings};
+use super::discovery::{self, ServerMetadata};
+use crate::clock::{later, SharedClock};
+
+/// How often an issuer's metadata is fetched again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// After a failed refresh, when to try again (the last good document serves meanwhile).
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+/// Bounds a metadata fetch when the upstream's own `timeout` is shorter.
+const MIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where one token request goes and what its assertion's `aud` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub token_url: Url,
+    /// The issuer, when the upstream was configured with one.
+    pub issuer: Option<String>,
+}
+
+/// An upstream's token endpoint while the broker runs.
+pub struct LiveEndpoint {
+    fixed: Option<Url>,
+    /// Certificate authentication uses the metadata's mTLS alias when there is one.
+    mtls: bool,
+    discovered: Option<Discovered>,
+}
+
+struct Discovered {
+    issuer: String,
+    http: reqwest::Client,
+    timeout: Duration,
+    clock: SharedClock,
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    current: Option<Arc<ServerMetadata>>,
+    next_refresh: Instant,
+    refreshing: bool,
+}
+
+impl LiveEndpoint {
+    pub fn new(settings: &UpstreamSettings, http: &reqwest::Client, clock: SharedClock) -> Self {
+        let mtls = settings.auth_method.uses_certificate();
+        match &settings.endpoint {
+            Endpoint::Fixed(url) => Self {
+                fixed: Some(url.clone()),
+                mtls,
+                discovered: None,
+            },
+            Endpoint::Discovered { issuer, metadata } => {
+                let now = clock.now();
+                let next_refresh = if metadata.is_some() {
+                    later(now, REFRESH_EVERY)
+                } else {
+                    now
+                };
+                Self {
+                    fixed: None,
+                    mtls,
+                    discovered: Some(Discovered {
+                        issuer: issuer.clone(),
+                        http: http.clone(),
+                        timeout: settings.timeout.max(MIN_DISCOVERY_TIMEOUT),
+                        clock,
+                        state: Arc::new(Mutex::new(State {
+                            current: metadata.clone(),
+                            next_refresh,
+                            refreshing: false,
+                        })),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Where the next token request goes; `None` while an issuer's metadata has never been
+    /// fetched. Starts a background refresh of the metadata when one is due.
+    pub fn target(&self) -> Option<Target> {
+        if let Some(url) = &self.fixed {
+            return Some(Target {
+                token_url: url.clone(),
+                issuer: None,
+            });
+        }
+        let discovered = self.discovered.as_ref()?;
+        let metadata = discovered.current_and_refresh();
+        metadata.map(|metadata| Target {
+            token_url: metadata.token_endpoint_for(self.mtls).clone(),
+            issuer: Some(discovered.issuer.clone()),
+        })
+    }
+
+    /// The metadata in use, for an upstream configured with an issuer.
+    pub fn metadata(&self) -> Option<Arc<ServerMetadata>> {
+        self.discovered.as_ref()?.state.lock().current.clone()
+    }
+}
+
+impl Discovered {
+    fn current_and_refresh(&self) -> Option<Arc<ServerMetadata>> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        if now >= state.next_refresh && !state.refreshing {
+            state.refreshing = true;
+            let (issuer, http, timeout) = (self.issuer.clone(), self.http.clone(), self.timeout);
+            let (shared, clock) = (self.state.clone(), self.clock.clone());
+            tokio::spawn(async move {
+                let result = discover_within(&http, &issuer, timeout).await;
+                let now = clock.now();
+                let mut state = shared.lock();
+                state.refreshing = false;
+                match result {
+                    Ok(metadata) => {
+                        if state.current.as_ref().map(|c| &c.token_endpoint) != Some(&metadata.token_endpoint) {
+                            tracing::info!(issuer = %issuer, token_endpoint = %metadata.token_endpoint, "issuer metadata: token endpoint set");
+                        }
+                        state.current = Some(Arc::new(metadata));
+                        state.next_refresh = later(now, REFRESH_EVERY);
+                    }
+                    Err(error) => {
+                        tracing::warn!(issuer = %issuer, error = %error, "issuer metadata could not be refreshed; the last good document stays in use");
+                        state.next_refresh = later(now, RETRY_AFTER_FAILURE);
+                    }
+                }
+            });
+        }
+        state.current.clone()
+    }
+}
+
+/// The metadata of `issuer` within `timeout`, or why not (for a log line or a problem).
+async fn discover_within(http: &reqwest::Client, issuer: &str, timeout: Duration) -> Result<ServerMetadata, String> {
+    match tokio::time::timeout(timeout, discovery::discover(http, issuer)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from {issuer} within {timeout:?}")),
+    }
+}
+
+/// A problem with an upstream's issuer, by configuration key; or a remark that does not stop it.
+#[derive(Debug)]
+pub struct Finding {
+    pub key: String,
+    pub message: String,
+}
+
+/// Fetches the metadata of every upstream configured with `issuer` (concurrently) and keeps it in
+/// its settings. `known` gives metadata already held for an issuer (a reload keeps the running
+/// one's instead of asking again). Returns the problems (which stop start-up or a reload) and the
+/// remarks (an `auth_method` the server does not list).
+pub async fn discover_all(
+    upstreams: &mut BTreeMap<String, UpstreamSettings>,
+    http: &reqwest::Client,
+    known: impl Fn(&str, &str) -> Option<Arc<ServerMetadata>>,
+) -> (Vec<Finding>, Vec<Finding>) {
+    let wanted: Vec<(String, String, Duration)> = upstreams
+        .iter()
+        .filter_map(|(name, upstream)| match &upstream.endpoint {
+            Endpoint::Discovered { issuer, .. } if known(name, issuer).is_none() => Some((
+                name.clone(),
+                issuer.clone(),
+                upstream.timeout.max(MIN_DISCOVERY_TIMEOUT),
+            )),
+            _ => None,
+        })
+        .collect();
+    let fetched = join_all(wanted.into_iter().map(|(name, issuer, timeout)| async move {
+        let result = discover_within(http, &issuer, timeout).await;
+        (name, result)
+    }))
+    .await;
+    let mut fetched: BTreeMap<String, Result<ServerMetadata, String>> = fetched.into_iter().collect();
+    let (mut problems, mut remarks) = (Vec::new(), Vec::new());
+    for (name, upstream) in upstreams.iter_mut() {
+        let method = upstream.auth_method;
+        let Endpoint::Discovered { issuer, metadata } = &mut upstream.endpoint else {
+            continue;
+        };
+        let found = match fetched.remove(name.as_str()) {
+            Some(Ok(document)) => Arc::new(document),
+            Some(Err(message)) => {
+                problems.push(Finding {
+                    key: format!("upstreams.{name}.issuer"),
+                    message,
+                });
+                continue;
+            }
+            None => match known(name, issuer) {
+                Some(document) => document,
+                None => continue,
+            },
+        };
+        if !found.supports(&method.to_string()) {
+            remarks.push(Finding {
+                key: format!("upstreams.{name}.auth_method"),
+                message: format!(
+                    "`{method}` is not among the issuer's token_endpoint_auth_methods_supported ({})",
+                    found.auth_methods.join(", ")
+                ),
+            });
+        }
+        *metadata = Some(found);
+    }
+    (problems, remarks)
+}
