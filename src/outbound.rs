@@ -6,17 +6,41 @@ use std::time::Duration;
 use reqwest::header::CONTENT_LENGTH;
 use url::Url;
 
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
+}
+
 /// A client that follows no redirect; `timeout` bounds each whole request when given.
 pub fn client(timeout: Option<Duration>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")));
+    let mut builder = builder();
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
     }
     builder
         .build()
         .expect("the HTTP client's settings are static and valid")
+}
+
+/// A client as [`client`] (no timeout of its own) that trusts only `roots` when given (a private
+/// CA) and presents `identity` (a client certificate, RFC 8705) when given. Fails when the
+/// identity's key does not belong to its certificate or is of a kind TLS cannot use.
+pub fn tls_client(
+    roots: Option<&[reqwest::Certificate]>,
+    identity: Option<reqwest::Identity>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = builder();
+    if let Some(roots) = roots {
+        builder = builder.tls_built_in_root_certs(false);
+        for root in roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build()
 }
 
 /// What can go wrong asking another server: the errors of every request the broker makes.

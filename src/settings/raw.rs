@@ -88,6 +88,8 @@ pub struct Upstream {
     pub client_secret: Option<Secrets>,
     pub auth_method: Option<String>,
     pub private_key: Option<Secrets>,
+    pub client_certificate: Option<Secrets>,
+    pub ca_file: Option<PathBuf>,
     pub signing_alg: Option<String>,
     pub key_id: Option<String>,
     pub assertion_audience: Option<String>,

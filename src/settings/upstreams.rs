@@ -8,11 +8,13 @@ use super::{raw, Env};
 use crate::scope::Scope;
 use actix_web::http::Method;
 
+use crate::outbound;
 use crate::proxy::config::ProxySettings;
 use crate::proxy::path::PathPattern;
 use crate::scope::ScopeSet;
 use crate::upstream::assertion::{KeyError, PrivateKey};
-use crate::upstream::config::{AssertionAudience, ClientAuthMethod, Credential, Endpoint, UpstreamSettings};
+use crate::upstream::certificate::{CertificateError, ClientCertificate};
+use crate::upstream::config::{AssertionAudience, ClientAuthMethod, Credential, Endpoint, PrivateCa, UpstreamSettings};
 use secrecy::ExposeSecret;
 
 const RESERVED_PARAMS: &[&str] = &[
@@ -57,17 +59,22 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
         "client_secret_basic" => ClientAuthMethod::ClientSecretBasic,
         "client_secret_jwt" => ClientAuthMethod::ClientSecretJwt,
         "private_key_jwt" => ClientAuthMethod::PrivateKeyJwt,
+        "tls_client_auth" => ClientAuthMethod::TlsClientAuth,
+        "self_signed_tls_client_auth" => ClientAuthMethod::SelfSignedTlsClientAuth,
         other => {
             check.problem(
                 key("auth_method"),
                 format!(
-                    "`{other}` is not client_secret_post, client_secret_basic, client_secret_jwt or private_key_jwt"
+                    "`{other}` is not client_secret_post, client_secret_basic, client_secret_jwt, private_key_jwt, \
+                     tls_client_auth or self_signed_tls_client_auth"
                 ),
             );
             ClientAuthMethod::ClientSecretPost
         }
     };
-    let credentials = credentials(check, name, raw, auth_method, env);
+    let private_ca = private_ca(check, name, raw);
+    let roots = private_ca.as_ref().map(|ca| ca.roots.as_slice());
+    let credentials = credentials(check, name, raw, auth_method, roots, env);
     let scopes = check.scopes(&key("scopes"), &raw.scopes);
     for param in raw.params.keys() {
         if RESERVED_PARAMS.contains(&param.as_str()) {
@@ -113,6 +120,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
             .as_ref()
             .and_then(|proxy| validate_proxy(check, name, proxy, &scopes)),
         expose_tokens: raw.expose_tokens.unwrap_or(true),
+        private_ca,
         scopes,
     })
 }
@@ -194,46 +202,84 @@ fn assertion_audience(
     }
 }
 
-/// The credentials `auth_method` uses, in the configured order: client secrets, or private keys
-/// (each parsed and checked against `signing_alg` now, so that a wrong key stops start-up rather
-/// than a request).
+/// What kind of credential an authentication method presents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Secret,
+    Key,
+    Certificate,
+}
+
+/// The credentials `auth_method` uses, in the configured order: client secrets, private keys
+/// (each parsed and checked against `signing_alg` now) or client certificates with their keys
+/// (each built into a TLS client now), so that a wrong one stops start-up rather than a request.
 fn credentials(
     check: &mut Check,
     name: &str,
     raw: &raw::Upstream,
     auth_method: ClientAuthMethod,
+    roots: Option<&[reqwest::Certificate]>,
     env: &Env,
 ) -> Vec<Credential> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
-    let uses_key = auth_method == ClientAuthMethod::PrivateKeyJwt;
-    let unused = |check: &mut Check, field: &str, present: bool| unused(check, &key(field), auth_method, present);
-    unused(check, "signing_alg", !uses_key && raw.signing_alg.is_some());
-    unused(check, "key_id", !uses_key && raw.key_id.is_some());
-    let (field, other) = if uses_key {
-        ("private_key", "client_secret")
-    } else {
-        ("client_secret", "private_key")
+    let kind = match auth_method {
+        ClientAuthMethod::PrivateKeyJwt => Kind::Key,
+        ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth => Kind::Certificate,
+        _ => Kind::Secret,
     };
+    let unused = |check: &mut Check, field: &str, present: bool| unused(check, &key(field), auth_method, present);
+    unused(check, "signing_alg", kind != Kind::Key && raw.signing_alg.is_some());
+    unused(check, "key_id", kind != Kind::Key && raw.key_id.is_some());
     unused(
         check,
-        other,
-        if uses_key {
-            raw.client_secret.is_some()
-        } else {
-            raw.private_key.is_some()
-        },
+        "client_secret",
+        kind != Kind::Secret && raw.client_secret.is_some(),
     );
-    let configured = if uses_key { &raw.private_key } else { &raw.client_secret };
+    unused(check, "private_key", kind == Kind::Secret && raw.private_key.is_some());
+    unused(
+        check,
+        "client_certificate",
+        kind != Kind::Certificate && raw.client_certificate.is_some(),
+    );
+    let field = if kind == Kind::Secret {
+        "client_secret"
+    } else {
+        "private_key"
+    };
+    let configured = if kind == Kind::Secret {
+        &raw.client_secret
+    } else {
+        &raw.private_key
+    };
     let Some(secrets) = configured.as_ref().filter(|s| !s.as_slice().is_empty()) else {
         check.problem(key(field), format!("is required with auth_method = \"{auth_method}\""));
         return Vec::new();
     };
-    if uses_key && raw.key_id.is_some() && secrets.as_slice().len() > 1 {
+    let count = secrets.as_slice().len();
+    if kind == Kind::Key && raw.key_id.is_some() && count > 1 {
         check.problem(
             key("key_id"),
             "names one key: with several, leave it out and each key's `kid` is its RFC 7638 thumbprint",
         );
     }
+    let certificates = match (kind, &raw.client_certificate) {
+        (Kind::Certificate, Some(certificates)) if certificates.as_slice().len() == count => Some(certificates),
+        (Kind::Certificate, Some(_)) => {
+            check.problem(
+                key("client_certificate"),
+                "needs one certificate per private key, in the same order",
+            );
+            return Vec::new();
+        }
+        (Kind::Certificate, None) => {
+            check.problem(
+                key("client_certificate"),
+                format!("is required with auth_method = \"{auth_method}\""),
+            );
+            return Vec::new();
+        }
+        _ => None,
+    };
     let mut credentials = Vec::new();
     for (i, secret) in secrets.as_slice().iter().enumerate() {
         let item = secrets.item_key(&key(field), i);
@@ -241,19 +287,58 @@ fn credentials(
         if value.expose_secret().is_empty() {
             continue;
         }
-        if !uses_key {
-            credentials.push(Credential::Secret(value));
-            continue;
-        }
-        match PrivateKey::from_pem(&value, raw.signing_alg.as_deref(), raw.key_id.as_deref()) {
-            Ok(private_key) => credentials.push(Credential::Key(private_key)),
-            Err(error @ (KeyError::UnknownAlg(_) | KeyError::AlgDoesNotFit { .. })) => {
-                check.problem(key("signing_alg"), format!("{error} ({item})"));
+        match kind {
+            Kind::Secret => credentials.push(Credential::Secret(value)),
+            Kind::Key => match PrivateKey::from_pem(&value, raw.signing_alg.as_deref(), raw.key_id.as_deref()) {
+                Ok(private_key) => credentials.push(Credential::Key(private_key)),
+                Err(error @ (KeyError::UnknownAlg(_) | KeyError::AlgDoesNotFit { .. })) => {
+                    check.problem(key("signing_alg"), format!("{error} ({item})"));
+                }
+                Err(error) => check.problem(item, error.to_string()),
+            },
+            Kind::Certificate => {
+                let Some(certificates) = certificates else { continue };
+                let certificate_key = certificates.item_key(&key("client_certificate"), i);
+                let certificate = check.secret(&certificate_key, &certificates.as_slice()[i], env);
+                if certificate.expose_secret().is_empty() {
+                    continue;
+                }
+                match ClientCertificate::from_pem(&certificate, &value, roots) {
+                    Ok(certificate) => credentials.push(Credential::Certificate(certificate)),
+                    Err(error @ CertificateError::NotCertificates) => check.problem(certificate_key, error.to_string()),
+                    Err(error) => check.problem(item, error.to_string()),
+                }
             }
-            Err(error) => check.problem(item, error.to_string()),
         }
     }
     credentials
+}
+
+/// `ca_file`: the CAs the token endpoint's (and issuer's) certificates must chain to.
+fn private_ca(check: &mut Check, name: &str, raw: &raw::Upstream) -> Option<PrivateCa> {
+    let path = raw.ca_file.as_ref()?;
+    let key = format!("upstreams.{name}.ca_file");
+    let pem = match std::fs::read_to_string(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            check.problem(key, format!("cannot read {}: {}", path.display(), e.kind()));
+            return None;
+        }
+    };
+    let roots = match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+        Ok(roots) if !roots.is_empty() => roots,
+        _ => {
+            check.problem(key, "not a PEM bundle of CA certificates");
+            return None;
+        }
+    };
+    match outbound::tls_client(Some(&roots), None) {
+        Ok(client) => Some(PrivateCa { pem, roots, client }),
+        Err(_) => {
+            check.problem(key, "the certificates cannot be used as trust anchors");
+            None
+        }
+    }
 }
 
 /// `[upstreams.<name>.proxy]`: where the API is and what may be forwarded to it.

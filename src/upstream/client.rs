@@ -75,10 +75,12 @@ impl TokenClient {
         form.extend(upstream.resource.iter().map(|r| ("resource", r.as_str())));
         form.extend(upstream.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
-        let mut request = self
-            .http
-            .post(target.token_url.clone())
-            .header(ACCEPT, "application/json");
+        // A client certificate travels on its own client's connections (RFC 8705).
+        let http = match credential {
+            Credential::Certificate(certificate) => certificate.client(),
+            _ => upstream.http(&self.http),
+        };
+        let mut request = http.post(target.token_url.clone()).header(ACCEPT, "application/json");
         // Declared before the match: the form borrows it.
         let signed_assertion: String;
         match (upstream.auth_method, credential) {
@@ -110,6 +112,13 @@ impl TokenClient {
                 form.push(("client_id", &upstream.client_id));
                 form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
                 form.push(("client_assertion", &signed_assertion));
+            }
+            (
+                ClientAuthMethod::TlsClientAuth | ClientAuthMethod::SelfSignedTlsClientAuth,
+                Credential::Certificate(_),
+            ) => {
+                // RFC 8705 §2: the certificate authenticates; the form names the client.
+                form.push(("client_id", &upstream.client_id));
             }
             // The settings pair each method with its kind of credential before this runs.
             _ => {

@@ -11,6 +11,7 @@ use url::Url;
 use crate::proxy::config::ProxySettings;
 use crate::scope::ScopeSet;
 use crate::upstream::assertion::PrivateKey;
+use crate::upstream::certificate::ClientCertificate;
 use crate::upstream::discovery::ServerMetadata;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub enum Credential {
     Secret(SecretString),
     /// `private_key_jwt`.
     Key(PrivateKey),
+    /// `tls_client_auth`, `self_signed_tls_client_auth`.
+    Certificate(ClientCertificate),
 }
 
 impl Credential {
@@ -91,6 +94,10 @@ impl Credential {
                 field(key.pem().expose_secret().as_bytes());
                 field(format!("{:?}", key.alg()).as_bytes());
                 field(key.kid().as_bytes());
+            }
+            Self::Certificate(certificate) => {
+                field(b"client certificate");
+                field(certificate.material().expose_secret().as_bytes());
             }
         }
     }
@@ -139,6 +146,17 @@ pub struct UpstreamSettings {
     pub proxy: Option<ProxySettings>,
     /// Whether the token route hands this upstream's tokens out (else only the proxy uses them).
     pub expose_tokens: bool,
+    /// `ca_file`: the CAs (PEM) the token endpoint's and the issuer's certificates must chain to,
+    /// instead of the built-in ones; with the client that trusts only them.
+    pub private_ca: Option<PrivateCa>,
+}
+
+/// The CAs of `ca_file` and the HTTP client that trusts only them.
+#[derive(Debug, Clone)]
+pub struct PrivateCa {
+    pub pem: String,
+    pub roots: Vec<reqwest::Certificate>,
+    pub client: reqwest::Client,
 }
 
 impl UpstreamSettings {
@@ -195,6 +213,12 @@ impl UpstreamSettings {
             .collect()
     }
 
+    /// The client for requests to the token endpoint without a client certificate, and to the
+    /// issuer: the one trusting `ca_file` when set, else `shared`.
+    pub fn http<'a>(&'a self, shared: &'a reqwest::Client) -> &'a reqwest::Client {
+        self.private_ca.as_ref().map_or(shared, |ca| &ca.client)
+    }
+
     /// Whether tokens cached under `other` were asked for in the same way (the credential apart).
     pub fn same_token_settings(&self, other: &Self) -> bool {
         self.token_fingerprint() == other.token_fingerprint()
@@ -212,6 +236,7 @@ impl UpstreamSettings {
             && self.max_tokens_per_hour == other.max_tokens_per_hour
             && self.proxy == other.proxy
             && self.expose_tokens == other.expose_tokens
+            && self.private_ca.as_ref().map(|ca| &ca.pem) == other.private_ca.as_ref().map(|ca| &ca.pem)
     }
 }
 

@@ -72,7 +72,7 @@ impl LiveEndpoint {
                     mtls,
                     discovered: Some(Discovered {
                         issuer: issuer.clone(),
-                        http: http.clone(),
+                        http: settings.http(http).clone(),
                         timeout: settings.timeout.max(MIN_DISCOVERY_TIMEOUT),
                         clock,
                         state: Arc::new(Mutex::new(State {
@@ -165,19 +165,20 @@ pub async fn discover_all(
     http: &reqwest::Client,
     known: impl Fn(&str, &str) -> Option<Arc<ServerMetadata>>,
 ) -> (Vec<Finding>, Vec<Finding>) {
-    let wanted: Vec<(String, String, Duration)> = upstreams
+    let wanted: Vec<(String, String, Duration, reqwest::Client)> = upstreams
         .iter()
         .filter_map(|(name, upstream)| match &upstream.endpoint {
             Endpoint::Discovered { issuer, .. } if known(name, issuer).is_none() => Some((
                 name.clone(),
                 issuer.clone(),
                 upstream.timeout.max(MIN_DISCOVERY_TIMEOUT),
+                upstream.http(http).clone(),
             )),
             _ => None,
         })
         .collect();
-    let fetched = join_all(wanted.into_iter().map(|(name, issuer, timeout)| async move {
-        let result = discover_within(http, &issuer, timeout).await;
+    let fetched = join_all(wanted.into_iter().map(|(name, issuer, timeout, http)| async move {
+        let result = discover_within(&http, &issuer, timeout).await;
         (name, result)
     }))
     .await;

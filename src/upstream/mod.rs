@@ -2,6 +2,7 @@
 //! the retries, circuit breaker and memory of refusals around it.
 
 pub mod assertion;
+pub mod certificate;
 mod client;
 pub mod config;
 pub mod discovery;

@@ -240,3 +240,82 @@ fn a_key_that_does_not_fit_stops_start_up_naming_the_key() {
     let message = with("", "client_secret_jwt");
     assert!(message.contains("upstreams.triumph.client_secret"), "{message}");
 }
+
+/// `tls_client_auth`: a key that is not the certificate's, a file that is not a certificate, a
+/// missing certificate, lists of different lengths, an unreadable `ca_file`: each stops start-up
+/// naming its key, without key material in the message.
+#[test]
+fn a_certificate_that_does_not_fit_stops_start_up_naming_the_key() {
+    use crate::helpers::pki::TestCa;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let ca_file = ca.write_ca(dir.path(), "ca.pem");
+    let one = ca.client(dir.path(), "one", "broker");
+    let two = ca.client(dir.path(), "two", "broker");
+    let with = |lines: String| {
+        let toml = config("https://as.example/token", "tls_client_auth").replacen(
+            "client_secret = { env = \"TRIUMPH_SECRET\" }",
+            &lines,
+            1,
+        );
+        token_broker::settings::Settings::from_toml(&toml, &env())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let pair = |cert: &std::path::Path, key: &std::path::Path| {
+        format!("client_certificate = {{ file = {cert:?} }}\nprivate_key = {{ file = {key:?} }}\nca_file = {ca_file:?}")
+    };
+    assert_eq!(with(pair(&one.cert, &one.key)), "", "a fitting pair is accepted");
+    let cases = [
+        (
+            pair(&one.cert, &two.key),
+            "upstreams.triumph.private_key: the private key does not belong",
+        ),
+        (
+            pair(&one.key, &one.key),
+            "upstreams.triumph.client_certificate: not a PEM certificate",
+        ),
+        (
+            pair(&one.cert, &one.cert),
+            "upstreams.triumph.private_key: not a PEM private key",
+        ),
+        (
+            format!("private_key = {{ file = {:?} }}", one.key),
+            "upstreams.triumph.client_certificate: is required",
+        ),
+        (
+            format!(
+                "client_certificate = {{ file = {:?} }}\nprivate_key = [{{ file = {:?} }}, {{ file = {:?} }}]",
+                one.cert, one.key, two.key
+            ),
+            "upstreams.triumph.client_certificate: needs one certificate per private key",
+        ),
+        (
+            pair(&one.cert, &one.key).replace("ca.pem", "missing.pem"),
+            "upstreams.triumph.ca_file: cannot read",
+        ),
+        (
+            format!("{}\nclient_secret = \"s\"", pair(&one.cert, &one.key)),
+            "upstreams.triumph.client_secret: is not used",
+        ),
+    ];
+    let key_material: Vec<String> = [&one.key, &two.key]
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (lines, named) in cases {
+        let message = with(lines.clone());
+        assert!(message.contains(named), "{lines}: {message}");
+        for material in &key_material {
+            assert!(!message.contains(&material[..20]), "no key material in {message}");
+        }
+    }
+}

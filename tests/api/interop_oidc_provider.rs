@@ -16,6 +16,8 @@ use token_broker::startup::Application;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::helpers::pki::{self, Pair, TestCa};
+
 /// ASCII only (oidc-provider refuses other secrets) but with every character Basic must encode.
 const SECRET: &str = "s3cret:with%odd+chars=&more";
 const API_KEY: &str = "interop-key";
@@ -23,6 +25,8 @@ const API_KEY: &str = "interop-key";
 struct Provider {
     _child: Child,
     base: String,
+    /// With certificate clients: the port of the listener that asks for client certificates.
+    tls_port: Option<String>,
 }
 
 async fn start_provider() -> Provider {
@@ -31,6 +35,12 @@ async fn start_provider() -> Provider {
 
 /// With `keys`: a directory whose `<name>.pub.pem` files register `private_key_jwt` clients.
 async fn start_provider_with_keys(keys: Option<&Path>) -> Provider {
+    start_provider_with(keys, None).await
+}
+
+/// With `mtls`: a directory with `ca.pem`, `server.pem`, `server.key` and `self-signed.pem`, for
+/// the certificate clients (see oidc-provider.mjs).
+async fn start_provider_with(keys: Option<&Path>, mtls: Option<&Path>) -> Provider {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     assert!(
         dir.join("node_modules/oidc-provider").is_dir(),
@@ -41,18 +51,23 @@ async fn start_provider_with_keys(keys: Option<&Path>) -> Provider {
         .arg(SECRET)
         .current_dir(&dir)
         .envs(keys.map(|k| ("CLIENT_KEYS_DIR", k.as_os_str())))
+        .envs(mtls.map(|m| ("MTLS_DIR", m.as_os_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut tls_port = None;
     let port = loop {
         let line = lines
             .next_line()
             .await
             .unwrap()
             .expect("oidc-provider printed its port");
+        if let Some(port) = line.strip_prefix("tls ") {
+            tls_port = Some(port.trim().to_string());
+        }
         if let Some(port) = line.strip_prefix("listening ") {
             break port.trim().to_string();
         }
@@ -60,6 +75,7 @@ async fn start_provider_with_keys(keys: Option<&Path>) -> Provider {
     Provider {
         _child: child,
         base: format!("http://127.0.0.1:{port}"),
+        tls_port,
     }
 }
 
@@ -89,7 +105,21 @@ async fn broker_with(
 
 /// As [`broker_with`], the token endpoint given by `endpoint` (a `token_url` or `issuer` line).
 async fn broker_at(endpoint: &str, client_id: &str, auth_method: &str, credential: &str, secret: &str) -> String {
-    let toml = format!(
+    let toml = op_config(endpoint, client_id, auth_method, credential);
+    let env: Env = [("OP_SECRET".to_string(), secret.to_string())].into();
+    let mut settings = Settings::from_toml(&toml, &env).unwrap();
+    token_broker::startup::discover(&mut settings, None)
+        .await
+        .expect("the issuer's metadata is usable");
+    let app = Application::build_with_clock(settings, std::sync::Arc::new(SystemClock)).unwrap();
+    let base = format!("http://{}", app.address());
+    tokio::spawn(app.run_until_stopped());
+    base
+}
+
+/// The configuration of a broker whose upstream `op` is `client_id` at `endpoint`.
+fn op_config(endpoint: &str, client_id: &str, auth_method: &str, credential: &str) -> String {
+    format!(
         r#"
         [server]
         listen = "127.0.0.1:0"
@@ -112,16 +142,7 @@ async fn broker_at(endpoint: &str, client_id: &str, auth_method: &str, credentia
         upstreams = {{ op = ["api:read", "api:write"] }}
         "#,
         hash = hash_key(API_KEY),
-    );
-    let env: Env = [("OP_SECRET".to_string(), secret.to_string())].into();
-    let mut settings = Settings::from_toml(&toml, &env).unwrap();
-    token_broker::startup::discover(&mut settings, None)
-        .await
-        .expect("the issuer's metadata is usable");
-    let app = Application::build_with_clock(settings, std::sync::Arc::new(SystemClock)).unwrap();
-    let base = format!("http://{}", app.address());
-    tokio::spawn(app.run_until_stopped());
-    base
+    )
 }
 
 /// Asks the provider itself whether it issued `token` (RFC 7662 introspection).
@@ -294,6 +315,115 @@ async fn tokens_from_oidc_provider_found_by_its_issuer_alone() {
     );
     let broker = broker_at(&issuer, "pkjwt-rsa", "private_key_jwt", &credential, SECRET).await;
     verify_exchanges(&provider, &broker, "pkjwt-rsa").await;
+}
+
+/// Certificates for the mTLS clients, in `dir`: the provider's CA and server certificate, a client
+/// certificate it signed for `mtls-client`, a self-signed one for `self-signed-client`, and one
+/// for `mtls-client`'s subject from a CA the provider does not trust.
+fn mtls_material(dir: &Path) -> [Pair; 3] {
+    let ca = TestCa::new("interop CA");
+    ca.write_ca(dir, "ca.pem");
+    ca.server(dir, "server");
+    let client = ca.client(dir, "client", "token-broker-mtls");
+    let self_signed = pki::self_signed(dir, "self-signed", "self-signed");
+    let stranger = TestCa::new("another CA").client(dir, "stranger", "token-broker-mtls");
+    [client, self_signed, stranger]
+}
+
+/// `client_certificate` and `private_key` lines for `pair`, with the provider's CA as `ca_file`.
+fn certificate_lines(dir: &Path, pair: &Pair) -> String {
+    format!(
+        "client_certificate = {{ file = {:?} }}\nprivate_key = {{ file = {:?} }}\nca_file = {:?}",
+        pair.cert,
+        pair.key,
+        dir.join("ca.pem")
+    )
+}
+
+/// RFC 8705 against oidc-provider behind TLS that asks for client certificates: a certificate
+/// from its CA (`tls_client_auth`, by subject DN) and a registered self-signed one
+/// (`self_signed_tls_client_auth`), at the TLS token URL and through the issuer's metadata, whose
+/// `mtls_endpoint_aliases` names that URL (the plain endpoint would not see a certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_oidc_provider_with_tls_client_auth_and_self_signed_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let [client, self_signed, _] = mtls_material(dir.path());
+    let provider = start_provider_with(None, Some(dir.path())).await;
+    let tls_url = format!(
+        "token_url = \"https://127.0.0.1:{}/token\"",
+        provider.tls_port.as_ref().unwrap()
+    );
+    let issuer = format!("issuer = \"{}\"", provider.base);
+    let cases = [
+        (&tls_url, "mtls-client", "tls_client_auth", &client),
+        (&issuer, "mtls-client", "tls_client_auth", &client),
+        (
+            &tls_url,
+            "self-signed-client",
+            "self_signed_tls_client_auth",
+            &self_signed,
+        ),
+        (
+            &issuer,
+            "self-signed-client",
+            "self_signed_tls_client_auth",
+            &self_signed,
+        ),
+    ];
+    for (endpoint, client_id, method, pair) in cases {
+        let credential = certificate_lines(dir.path(), pair);
+        let broker = broker_at(endpoint, client_id, method, &credential, SECRET).await;
+        verify_exchanges(&provider, &broker, client_id).await;
+    }
+}
+
+/// A key or certificate the provider does not know: the caller gets 502 `upstream_error`, the
+/// log says the credential was refused (by its place in the list), and neither the key nor the
+/// certificate appears in any log line. The real binary, so its log lines can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_or_certificate_is_refused_with_502_and_the_refusal_logged() {
+    use crate::helpers::process::{write, BrokerProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = client_keys(dir.path());
+    let [_, _, stranger] = mtls_material(dir.path());
+    let provider = start_provider_with(Some(dir.path()), Some(dir.path())).await;
+    let tls_url = format!(
+        "token_url = \"https://127.0.0.1:{}/token\"",
+        provider.tls_port.as_ref().unwrap()
+    );
+    let plain_url = format!("token_url = \"{}/token\"", provider.base);
+    let cases = [
+        (
+            plain_url,
+            "pkjwt-rsa",
+            "private_key_jwt",
+            format!("private_key = {{ file = {:?} }}", keys[3].1),
+            std::fs::read_to_string(&keys[3].1).unwrap(),
+        ),
+        (
+            tls_url,
+            "mtls-client",
+            "tls_client_auth",
+            certificate_lines(dir.path(), &stranger),
+            std::fs::read_to_string(&stranger.key).unwrap(),
+        ),
+    ];
+    for (endpoint, client_id, method, credential, material) in cases {
+        let toml = op_config(&endpoint, client_id, method, &credential);
+        let config = write(dir.path(), "broker.toml", &toml);
+        let mut broker = BrokerProcess::start(&config, &[]);
+        assert_refused_as_502(&broker.base).await;
+        let line = broker.wait_for_log("refused a credential", std::time::Duration::from_secs(5));
+        assert!(
+            line.contains("\"upstream\":\"op\"") && line.contains("\"credential\":0"),
+            "{line}"
+        );
+        broker.stop();
+        let body = material.lines().nth(1).unwrap();
+        for line in broker.logs() {
+            assert!(!line.contains(body), "key material in a log line: {line}");
+        }
+    }
 }
 
 #[tokio::test]

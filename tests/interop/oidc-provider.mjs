@@ -4,9 +4,15 @@
 // Usage: node oidc-provider.mjs <client secret>; prints "listening <port>" once ready.
 // With CLIENT_KEYS_DIR set, each `<name>.pub.pem` in it registers a `private_key_jwt` client
 // `pkjwt-<name>` with that public key; `jwt-client` uses `client_secret_jwt`.
+// With MTLS_DIR set (ca.pem, server.pem, server.key, self-signed.pem), it also listens with TLS,
+// asking for client certificates (printing "tls <port>" first), advertises that listener's token
+// endpoint as `mtls_endpoint_aliases`, and registers `mtls-client` (tls_client_auth: a certificate
+// from ca.pem for CN=token-broker-mtls) and `self-signed-client` (self_signed_tls_client_auth:
+// the certificate in self-signed.pem).
 import Provider from "oidc-provider";
 import http from "node:http";
-import { createPublicKey } from "node:crypto";
+import https from "node:https";
+import { createHash, createPublicKey, X509Certificate } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { calculateJwkThumbprint } from "jose";
@@ -43,12 +49,61 @@ if (keysDir) {
   }
 }
 
+const certificateClients = [];
+let tlsServer;
+let discovery = {};
+const mtlsDir = process.env.MTLS_DIR;
+if (mtlsDir) {
+  const read = (name) => readFileSync(join(mtlsDir, name));
+  tlsServer = https.createServer({
+    key: read("server.key"),
+    cert: read("server.pem"),
+    ca: read("ca.pem"),
+    requestCert: true,
+    rejectUnauthorized: false, // the provider decides, and answers invalid_client
+  });
+  await new Promise((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
+  const tlsPort = tlsServer.address().port;
+  console.log(`tls ${tlsPort}`);
+  discovery = { mtls_endpoint_aliases: { token_endpoint: `https://127.0.0.1:${tlsPort}/token` } };
+  const withoutSecret = (id, method) => {
+    const { client_secret, ...rest } = client(id, method);
+    return rest;
+  };
+  certificateClients.push({
+    ...withoutSecret("mtls-client", "tls_client_auth"),
+    tls_client_auth_subject_dn: "CN=token-broker-mtls",
+  });
+  const selfSigned = new X509Certificate(read("self-signed.pem"));
+  const jwk = selfSigned.publicKey.export({ format: "jwk" });
+  jwk.x5c = [selfSigned.raw.toString("base64")];
+  jwk["x5t#S256"] = createHash("sha256").update(selfSigned.raw).digest("base64url");
+  certificateClients.push({
+    ...withoutSecret("self-signed-client", "self_signed_tls_client_auth"),
+    jwks: { keys: [jwk] },
+  });
+}
+
+const peerCertificate = (ctx) => {
+  const peer = ctx.socket.getPeerCertificate?.();
+  return peer?.raw ? new X509Certificate(peer.raw) : undefined;
+};
+
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients: [
     client("basic-client", "client_secret_basic"),
     client("post-client", "client_secret_post"),
     client("jwt-client", "client_secret_jwt"),
     ...keyClients,
+    ...certificateClients,
+  ],
+  discovery,
+  clientAuthMethods: [
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    ...(mtlsDir ? ["tls_client_auth", "self_signed_tls_client_auth"] : []),
   ],
   enabledJWA: {
     clientAuthSigningAlgValues: ["HS256", "RS256", "PS256", "ES256", "ES384", "EdDSA"],
@@ -58,11 +113,21 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     devInteractions: { enabled: false },
+    mTLS: {
+      enabled: Boolean(mtlsDir),
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      getCertificate: peerCertificate,
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      certificateSubjectMatches: (ctx, property, expected) =>
+        property === "tls_client_auth_subject_dn" && peerCertificate(ctx)?.subject === expected,
+    },
   },
   ttl: { ClientCredentials: 600 },
 });
 
 server.on("request", provider.callback());
+tlsServer?.on("request", provider.callback());
 console.log(`listening ${port}`);
 // The reason for a refused client, on stderr, for whoever debugs a failing interop test.
 provider.on("grant.error", (ctx, err) => console.error(`grant.error: ${err.error_description}; ${err.error_detail ?? ""}`));

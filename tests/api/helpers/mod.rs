@@ -1,6 +1,7 @@
 //! Spawns the real broker on port 0 against a mock token endpoint, with a clock tests can advance.
 
 pub mod idp;
+pub mod pki;
 pub mod process;
 pub mod redis_server;
 pub mod rogue;

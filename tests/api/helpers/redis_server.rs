@@ -34,21 +34,12 @@ impl RedisServer {
     /// A redis-server that speaks TLS only, its certificate (for 127.0.0.1) signed by a CA made
     /// for the test and written to `dir/ca.pem`.
     pub fn start_tls(dir: &Path) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("redis.crt"), dir.join("redis.key"));
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        std::fs::write(&cert_file, cert.pem()).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let ca = super::pki::TestCa::new("redis test CA");
+        let ca_file = ca.write_ca(dir, "ca.pem");
+        let super::pki::Pair {
+            cert: cert_file,
+            key: key_file,
+        } = ca.server(dir, "redis");
 
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let path = |p: &Path| p.to_str().unwrap().to_string();
