@@ -15,6 +15,7 @@ mod discovery;
 mod hardening;
 mod identity_forward;
 mod identity_jwt;
+mod interop_authlib;
 mod interop_oidc_provider;
 mod lifecycle;
 mod no_secrets_in_logs;
