@@ -292,6 +292,9 @@ impl Application {
         if let Some(probe) = self.broker.tokens.probe_shared() {
             tokio::spawn(probe);
         }
+        if let Some(watch) = self.broker.tokens.watch_evictions() {
+            tokio::spawn(watch);
+        }
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;

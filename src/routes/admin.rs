@@ -9,11 +9,80 @@ use subtle::ConstantTimeEq;
 use crate::http::errors::ApiError;
 use crate::identity::{bearer_token, AuthError};
 use crate::state::Broker;
+use crate::upstream::Upstream;
+use std::sync::Arc;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/admin/tokens", web::get().to(list_tokens))
+        .route("/admin/tokens/{upstream}", web::delete().to(evict_tokens))
+        .route("/admin/tokens/{upstream}/refresh", web::post().to(refresh_tokens))
+        .route("/admin/upstreams", web::get().to(upstreams));
+}
+
+/// The cached tokens: upstream, scopes, credential fingerprint, source, times and the token's
+/// fingerprint; never a token.
+async fn list_tokens(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    require_admin_token(&req, &broker)?;
+    Ok(no_store(HttpResponse::Ok()).json(broker.tokens.list()))
+}
+
+/// Evicts the upstream's tokens here and in Redis (whose other replicas drop theirs too).
+async fn evict_tokens(
+    req: HttpRequest,
+    broker: web::Data<Broker>,
+    upstream: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let upstream = admin_upstream(&req, &broker, &upstream)?;
+    let (here, shared) = broker.tokens.evict(upstream.name()).await;
+    tracing::info!(upstream = %upstream.name(), evicted = here, shared_evicted = ?shared, "tokens evicted by an operator");
+    Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+        "upstream": upstream.name(),
+        "evicted": here,
+        "shared_evicted": shared,
+    })))
+}
+
+/// Fetches new tokens now for the upstream's cached keys.
+async fn refresh_tokens(
+    req: HttpRequest,
+    broker: web::Data<Broker>,
+    upstream: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let upstream = admin_upstream(&req, &broker, &upstream)?;
+    let (refreshed, failed) = broker.tokens.refresh_now(&upstream).await;
+    tracing::info!(upstream = %upstream.name(), refreshed, failed, "tokens refreshed by an operator");
+    Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+        "upstream": upstream.name(),
+        "refreshed": refreshed,
+        "failed": failed,
+    })))
+}
+
+/// Per upstream: breaker, last outcome and error, quota, credentials, discovery.
+async fn upstreams(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    require_admin_token(&req, &broker)?;
+    let state = broker.state();
+    let statuses: Vec<_> = state.upstreams.values().map(|u| u.status()).collect();
+    Ok(no_store(HttpResponse::Ok()).json(statuses))
+}
+
+/// The upstream an admin route names, once the admin token is checked.
+fn admin_upstream(req: &HttpRequest, broker: &Broker, name: &str) -> Result<Arc<Upstream>, ApiError> {
+    require_admin_token(req, broker)?;
+    broker
+        .state()
+        .upstreams
+        .get(name)
+        .cloned()
+        .ok_or(ApiError::UnknownUpstream)
+}
+
+fn no_store(mut builder: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    builder.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+    builder
 }
 
 /// 200 while the process runs.

@@ -173,6 +173,22 @@ impl SharedStore for MemoryStore {
     fn probe(&self) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
+
+    fn evict<'a>(&'a self, upstream: &'a str) -> BoxFuture<'a, Option<usize>> {
+        let mut entries = self.entries.lock();
+        let before = entries.len();
+        entries.retain(|key, _| key.upstream != upstream);
+        let deleted = before - entries.len();
+        async move { Some(deleted) }.boxed()
+    }
+
+    fn watch_evictions(&self, _evicted: Box<dyn Fn(&str) + Send + Sync>) -> BoxFuture<'static, ()> {
+        futures_util::future::pending().boxed()
+    }
+
+    fn upstream_tag(&self, upstream: &str) -> String {
+        upstream.to_string()
+    }
 }
 
 #[tokio::test]

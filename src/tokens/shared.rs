@@ -20,7 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::key::CacheKey;
 use super::store::{Lock, SharedStore, StoredToken};
@@ -47,6 +47,8 @@ pub enum SharedTierError {
 
 pub struct SharedTier {
     redis: ConnectionManager,
+    /// For the eviction channel's own connection.
+    client: redis::Client,
     /// The URL's password, kept only to keep it out of log lines.
     password: Option<String>,
     namespace: String,
@@ -86,7 +88,8 @@ impl SharedTier {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(SharedTierError::Connect)?;
+        let redis =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(SharedTierError::Connect)?;
         let key_id = hex::encode(
             &Sha256::digest([b"token-broker cache key id:".as_slice(), &settings.encryption_key].concat())[..4],
         );
@@ -95,6 +98,7 @@ impl SharedTier {
             .and_then(|u| u.password().map(str::to_string));
         Ok(Self {
             redis,
+            client,
             password,
             namespace: format!("{}{key_id}:", settings.key_prefix),
             cipher: Aes256Gcm::new(&settings.encryption_key.into()),
@@ -127,8 +131,80 @@ impl SharedTier {
         hex::encode(context.sign().as_ref())
     }
 
+    /// Entries are named `<namespace>token:<upstream tag>:<hash>`, so that an upstream's entries
+    /// can be found (and evicted) without naming the upstream in Redis.
     fn entry_key(&self, key: &CacheKey, credential: &str) -> String {
-        format!("{}token:{}", self.namespace, self.hashed(key, Some(credential)))
+        format!(
+            "{}token:{}:{}",
+            self.namespace,
+            self.tag(&key.upstream),
+            self.hashed(key, Some(credential))
+        )
+    }
+
+    fn tag(&self, upstream: &str) -> String {
+        let mut context = ring::hmac::Context::with_key(&self.name_key);
+        context.update(b"upstream\0");
+        context.update(upstream.as_bytes());
+        hex::encode(&context.sign().as_ref()[..16])
+    }
+
+    fn evictions_channel(&self) -> String {
+        format!("{}evictions", self.namespace)
+    }
+
+    /// SCANs for the upstream's entries and deletes them, then announces the eviction.
+    async fn delete_upstream(&self, upstream: &str) -> Option<usize> {
+        let tag = self.tag(upstream);
+        let pattern = format!("{}token:{tag}:*", self.namespace);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = self.run(scan).await?;
+            if !keys.is_empty() {
+                deleted += self.run::<usize>(redis::cmd("DEL").arg(&keys).clone()).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: Option<i64> = self
+            .run(redis::cmd("PUBLISH").arg(self.evictions_channel()).arg(&tag).clone())
+            .await;
+        Some(deleted)
+    }
+
+    /// Subscribes to the eviction channel, again after any loss of the connection.
+    fn watch(
+        &self,
+        evicted: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let client = self.client.clone();
+        let channel = self.evictions_channel();
+        async move {
+            loop {
+                if let Ok(mut pubsub) = client.get_async_pubsub().await {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = messages.next().await {
+                            if let Ok(tag) = message.get_payload::<String>() {
+                                evicted(&tag);
+                            }
+                        }
+                    }
+                }
+                tracing::debug!("shared cache: eviction channel lost; subscribing again shortly");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 
     fn lock_key(&self, key: &CacheKey) -> String {
@@ -310,6 +386,18 @@ impl SharedStore for SharedTier {
 
     fn probe(&self) -> BoxFuture<'static, ()> {
         self.check_once().boxed()
+    }
+
+    fn evict<'a>(&'a self, upstream: &'a str) -> BoxFuture<'a, Option<usize>> {
+        self.delete_upstream(upstream).boxed()
+    }
+
+    fn watch_evictions(&self, evicted: Box<dyn Fn(&str) + Send + Sync>) -> BoxFuture<'static, ()> {
+        self.watch(evicted).boxed()
+    }
+
+    fn upstream_tag(&self, upstream: &str) -> String {
+        self.tag(upstream)
     }
 }
 

@@ -63,6 +63,14 @@ pub trait SharedStore: Send + Sync {
     fn unlock<'a>(&'a self, key: &'a CacheKey, owner: &'a str) -> BoxFuture<'a, ()>;
     /// A one-off check at start-up that warns when the store is not usable.
     fn probe(&self) -> BoxFuture<'static, ()>;
+    /// Deletes every token stored for `upstream` and tells the other replicas to drop theirs from
+    /// memory; the number deleted (`None`: the store did not answer).
+    fn evict<'a>(&'a self, upstream: &'a str) -> BoxFuture<'a, Option<usize>>;
+    /// Runs for as long as the process does: calls `evicted` with the tag ([`Self::upstream_tag`])
+    /// of each upstream another replica evicted.
+    fn watch_evictions(&self, evicted: Box<dyn Fn(&str) + Send + Sync>) -> BoxFuture<'static, ()>;
+    /// The name an upstream goes by in the store (not its configured name).
+    fn upstream_tag(&self, upstream: &str) -> String;
 }
 
 #[cfg(test)]

@@ -49,6 +49,20 @@ struct State {
     current: Option<Arc<ServerMetadata>>,
     next_refresh: Instant,
     refreshing: bool,
+    /// Why the last refresh failed, while it has not succeeded since.
+    last_error: Option<String>,
+}
+
+/// An issuer's metadata as the admin API shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct DiscoveryStatus {
+    pub issuer: String,
+    /// Where the document in use was found.
+    pub document: Option<String>,
+    /// Seconds until the next refresh.
+    pub refresh_in: u64,
+    /// Why the last refresh failed (the last good document stays in use).
+    pub last_error: Option<String>,
 }
 
 impl LiveEndpoint {
@@ -79,6 +93,7 @@ impl LiveEndpoint {
                             current: metadata.clone(),
                             next_refresh,
                             refreshing: false,
+                            last_error: None,
                         })),
                     }),
                 }
@@ -100,6 +115,30 @@ impl LiveEndpoint {
         metadata.map(|metadata| Target {
             token_url: metadata.token_endpoint_for(self.mtls).clone(),
             issuer: Some(discovered.issuer.clone()),
+        })
+    }
+
+    /// The token endpoint in use (without starting a refresh), if known.
+    pub fn current_url(&self) -> Option<Url> {
+        if let Some(url) = &self.fixed {
+            return Some(url.clone());
+        }
+        self.metadata()
+            .map(|metadata| metadata.token_endpoint_for(self.mtls).clone())
+    }
+
+    /// The discovery state, for an upstream configured with an issuer.
+    pub fn status(&self) -> Option<DiscoveryStatus> {
+        let discovered = self.discovered.as_ref()?;
+        let state = discovered.state.lock();
+        Some(DiscoveryStatus {
+            issuer: discovered.issuer.clone(),
+            document: state.current.as_ref().map(|m| m.document.to_string()),
+            refresh_in: state
+                .next_refresh
+                .saturating_duration_since(discovered.clock.now())
+                .as_secs(),
+            last_error: state.last_error.clone(),
         })
     }
 
@@ -129,10 +168,12 @@ impl Discovered {
                         }
                         state.current = Some(Arc::new(metadata));
                         state.next_refresh = later(now, REFRESH_EVERY);
+                        state.last_error = None;
                     }
                     Err(error) => {
                         tracing::warn!(issuer = %issuer, error = %error, "issuer metadata could not be refreshed; the last good document stays in use");
                         state.next_refresh = later(now, RETRY_AFTER_FAILURE);
+                        state.last_error = Some(error);
                     }
                 }
             });

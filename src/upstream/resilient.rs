@@ -24,7 +24,7 @@ use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, ProxyMetrics, UpstreamCredential, UpstreamLabel};
 use crate::scope::ScopeSet;
 use crate::upstream::config::{Fingerprint, UpstreamSettings};
-use crate::upstream::endpoint::LiveEndpoint;
+use crate::upstream::endpoint::{DiscoveryStatus, LiveEndpoint};
 use crate::upstream::OAuthErrorCode;
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
@@ -77,6 +77,45 @@ struct Guard {
     refusals: HashMap<ScopeSet, (Instant, UpstreamError)>,
     /// Fetch times of the last hour, for `max_tokens_per_hour`.
     fetches: VecDeque<Instant>,
+    /// How the last exchange ended, and the last one that failed.
+    last_outcome: Option<Outcome>,
+    last_error: Option<Outcome>,
+}
+
+/// How an exchange with the token endpoint ended, for operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// `success`, or the failure's kind (`refused`, `timeout`, `server_error`, …).
+    pub outcome: &'static str,
+    /// The RFC 6749 error code of a refusal, when it gave one.
+    pub oauth_error: Option<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// An upstream's state as the admin API shows it: never a secret, key or token.
+#[derive(Debug, serde::Serialize)]
+pub struct UpstreamStatus {
+    pub upstream: String,
+    /// `closed`, `open` (cooling down) or `half_open` (a probe may go, or is under way).
+    pub breaker: &'static str,
+    /// Seconds until an open circuit lets a probe through.
+    pub breaker_retry_in: Option<u64>,
+    pub consecutive_failures: u32,
+    pub last_outcome: Option<Outcome>,
+    pub last_error: Option<Outcome>,
+    /// Seconds left of a pause the endpoint asked for (429 `Retry-After`).
+    pub rate_limited_for: Option<u64>,
+    /// `max_tokens_per_hour` and the fetches of the last hour.
+    pub quota_limit: Option<u32>,
+    pub quota_used: usize,
+    /// Fingerprint prefixes, in the configured order, and the one tried first.
+    pub credentials: Vec<String>,
+    pub preferred_credential: usize,
+    pub token_endpoint: Option<String>,
+    pub discovery: Option<DiscoveryStatus>,
+    /// The circuit is open or the last exchange failed.
+    pub failing: bool,
 }
 
 /// What a fetch is for. The hourly quota keeps a share that replacements of rejected tokens
@@ -121,6 +160,40 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// This upstream's state for the admin API.
+    pub fn status(&self) -> UpstreamStatus {
+        let now = self.clock.now();
+        let guard = self.guard.lock();
+        let secs_until = |until: Instant| until.saturating_duration_since(now).as_secs();
+        let breaker = match guard.open_until {
+            None => "closed",
+            Some(until) if now < until => "open",
+            Some(_) => "half_open",
+        };
+        let quota_used = guard
+            .fetches
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) < HOUR)
+            .count();
+        let last_failed = guard.last_outcome.as_ref().is_some_and(|o| o.outcome != "success");
+        UpstreamStatus {
+            upstream: self.settings.name.clone(),
+            breaker,
+            breaker_retry_in: guard.open_until.filter(|until| now < *until).map(secs_until),
+            consecutive_failures: guard.consecutive_failures,
+            last_outcome: guard.last_outcome.clone(),
+            last_error: guard.last_error.clone(),
+            rate_limited_for: guard.rate_limited_until.filter(|until| now < *until).map(secs_until),
+            quota_limit: self.settings.max_tokens_per_hour,
+            quota_used,
+            credentials: self.credentials.iter().map(ToString::to_string).collect(),
+            preferred_credential: self.preferred.load(Ordering::Relaxed) % self.credentials.len().max(1),
+            token_endpoint: self.endpoint.current_url().map(|url| url.to_string()),
+            discovery: self.endpoint.status(),
+            failing: breaker != "closed" || last_failed,
+        }
     }
 
     /// Whether a token fetched with `credential` may be served: that credential is still configured.
@@ -206,7 +279,20 @@ impl Upstream {
 
     fn record(&self, scopes: &ScopeSet, result: &Result<FetchedToken, UpstreamError>, probe: bool) {
         let now = self.clock.now();
+        let outcome = Outcome {
+            outcome: result.as_ref().map_or_else(UpstreamError::outcome, |_| "success"),
+            oauth_error: result
+                .as_ref()
+                .err()
+                .and_then(UpstreamError::oauth_error)
+                .map(str::to_string),
+            at: self.clock.unix_now(),
+        };
         let mut guard = self.guard.lock();
+        if result.is_err() {
+            guard.last_error = Some(outcome.clone());
+        }
+        guard.last_outcome = Some(outcome);
         if probe {
             guard.probing_since = None;
         }

@@ -10,12 +10,12 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use wiremock::MockServer;
 
-const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
+pub(crate) const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 const OTHER_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
 /// The usual configuration, a Redis tier, and an upstream `spare` whose scopes r1…r20 give the
 /// tests fresh cache keys.
-fn replica_config(upstream: &MockServer, redis: &RedisServer, key: &str) -> String {
+pub(crate) fn replica_config(upstream: &MockServer, redis: &RedisServer, key: &str) -> String {
     let token_url = format!("{}/token", upstream.uri());
     let scopes: Vec<String> = (1..=20).map(|n| format!("\"r{n}\"")).collect();
     format!(
@@ -26,14 +26,14 @@ fn replica_config(upstream: &MockServer, redis: &RedisServer, key: &str) -> Stri
     )
 }
 
-fn start_replicas(dir: &std::path::Path, toml: &str, n: usize) -> Vec<BrokerProcess> {
+pub(crate) fn start_replicas(dir: &std::path::Path, toml: &str, n: usize) -> Vec<BrokerProcess> {
     let path = write(dir, "replica.toml", toml);
     (0..n)
         .map(|_| BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)]))
         .collect()
 }
 
-async fn get(http: &reqwest::Client, replica: &BrokerProcess, scope: &str) -> reqwest::Response {
+pub(crate) async fn get(http: &reqwest::Client, replica: &BrokerProcess, scope: &str) -> reqwest::Response {
     http.get(format!("{}/v1/token/triumph", replica.base))
         .query(&[("scope", scope)])
         .header("X-API-Key", ALICE_KEY)
@@ -42,7 +42,7 @@ async fn get(http: &reqwest::Client, replica: &BrokerProcess, scope: &str) -> re
         .unwrap()
 }
 
-async fn token_of(response: reqwest::Response) -> String {
+pub(crate) async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), 200);
     response.json::<Value>().await.unwrap()["access_token"]
         .as_str()
