@@ -7,7 +7,7 @@
 //! main ─► startup ─► routes, http::middleware ─► state ─► components ─► leaves
 //!            └─────► settings ─────────────────────────► components' config types
 //! components: identity, policy, tokens, upstream, public_tokens, http (policies, errors), metrics,
-//!             telemetry, demo
+//!             telemetry, demo, status (the `status` command: outbound only)
 //! leaves:     scope, timespan, clock, outbound
 //! ```
 //!
@@ -30,6 +30,7 @@ pub mod scope;
 pub mod settings;
 pub mod startup;
 pub(crate) mod state;
+pub mod status;
 pub mod telemetry;
 pub mod timespan;
 pub mod tokens;

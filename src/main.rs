@@ -45,6 +45,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Each upstream's state and the cached tokens, from a running broker's admin API; exits 1
+    /// when an upstream is failing, 2 when the admin API cannot be read.
+    Status {
+        /// The admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// `server.admin_token`, when the broker has one.
+        #[arg(long, env = "TOKEN_BROKER_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print JSON (`{"upstreams": [...], "tokens": [...]}`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the admin listener answers 200 (for container health checks).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
@@ -69,6 +82,9 @@ fn main() -> ExitCode {
         Command::HashKey => hash_key(),
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::Status { admin, token, json } => {
+            ExitCode::from(small_runtime().block_on(token_broker::status::run(&admin, token.as_deref(), json)))
+        }
         Command::Demo { listen, admin_listen } => run_demo(listen, admin_listen),
     }
 }
@@ -119,11 +135,7 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     match load(config.as_deref()) {
         Ok(mut settings) => {
             // Issuers are asked for their metadata, as `serve` would.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a Tokio runtime");
-            match runtime.block_on(startup::discover(&mut settings, None)) {
+            match small_runtime().block_on(startup::discover(&mut settings, None)) {
                 Ok(remarks) => {
                     for remark in remarks {
                         println!("warning: {}: {}", remark.key, remark.message);
@@ -273,6 +285,14 @@ fn run_demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
             result = stand_in.server => result,
         }
     })
+}
+
+/// A one-thread runtime for the short commands that make a few requests.
+fn small_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
 }
 
 fn run(future: impl std::future::Future<Output = std::io::Result<()>>) -> ExitCode {

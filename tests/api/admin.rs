@@ -232,3 +232,78 @@ async fn an_eviction_reaches_redis_and_the_other_replicas() {
     assert_ne!(second, first);
     assert_eq!(upstream_calls(&upstream).await, 2);
 }
+
+/// Runs `token-broker status` against `admin`: exit code, stdout, stderr.
+fn status_command(admin: &str, token: Option<&str>, json: bool) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_token-broker"));
+    command
+        .args(["status", "--admin", admin])
+        .env_remove("TOKEN_BROKER_ADMIN_TOKEN");
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    if json {
+        command.arg("--json");
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `token-broker status` against running brokers: all healthy → the tables and exit 0; an
+/// upstream whose endpoint fails → printed as FAILING with its error, exit 1; without the admin
+/// token → exit 2 saying why. `--json` for scripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_command_prints_a_failing_upstream_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let start = |name: &str, token_url: String| {
+        let toml = with_admin_token(&config(&token_url, "client_secret_post"));
+        let path = crate::helpers::process::write(dir.path(), name, &toml);
+        BrokerProcess::start(&path, &[("TRIUMPH_SECRET", CLIENT_SECRET)])
+    };
+
+    let healthy_endpoint = token_endpoint(IssueTokens::new(3600)).await;
+    let healthy = start("healthy.toml", format!("{}/token", healthy_endpoint.uri()));
+    let token = token_of(get(&http, &healthy, "reports:read").await).await;
+    let (code, stdout, _) = status_command(&healthy.admin, Some(ADMIN_TOKEN), false);
+    assert_eq!(code, Some(0), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("triumph ")).unwrap();
+    assert!(line.contains(" ok ") && line.contains(" closed "), "{stdout}");
+    assert!(stdout.contains("reports:read") && !stdout.contains(&token), "{stdout}");
+
+    let failing_endpoint = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(401).set_body_json(serde_json::json!({ "error": "invalid_client" })),
+        )
+        .mount(&failing_endpoint)
+        .await;
+    let failing = start("failing.toml", format!("{}/token", failing_endpoint.uri()));
+    assert_eq!(get(&http, &failing, "reports:read").await.status(), 502);
+    let (code, stdout, _) = status_command(&failing.admin, Some(ADMIN_TOKEN), false);
+    assert_eq!(code, Some(1), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("triumph ")).unwrap();
+    assert!(
+        line.contains("FAILING") && line.contains("refused (invalid_client)"),
+        "{stdout}"
+    );
+
+    let (code, json, _) = status_command(&failing.admin, Some(ADMIN_TOKEN), true);
+    assert_eq!(code, Some(1));
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let triumph = json["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["upstream"] == "triumph")
+        .unwrap();
+    assert_eq!(triumph["failing"], true);
+
+    let (code, _, stderr) = status_command(&failing.admin, None, false);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("401"), "{stderr}");
+}
