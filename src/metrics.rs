@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -59,6 +60,13 @@ pub struct Metrics {
     pub proxy_duration: Durations,
     pub proxy_bytes: Family<UpstreamDirection, Counter>,
     pub credential_refusals: Family<UpstreamCredential, Counter>,
+    /// 1 while an upstream's circuit is open (cooling down or probing), else 0.
+    pub circuit_open: Family<UpstreamLabel, Gauge>,
+    /// Fetches counted against `max_tokens_per_hour`, and that limit (upstreams with one only).
+    pub quota_fetches: Family<UpstreamLabel, Counter>,
+    pub quota_limit: Family<UpstreamLabel, Gauge>,
+    /// 1 while the broker takes requests, 0 while it drains on shutdown.
+    pub ready: Gauge,
 }
 
 /// One upstream's proxy metrics, held by the upstream.
@@ -175,8 +183,37 @@ impl Metrics {
             "Credentials a token endpoint refused with invalid_client, by their place in the configured list",
             credential_refusals.clone(),
         );
+        let circuit_open = Family::default();
+        registry.register(
+            "upstream_circuit_open",
+            "1 while the upstream's circuit breaker is open (cooling down or probing), else 0",
+            circuit_open.clone(),
+        );
+        let quota_fetches = Family::default();
+        registry.register(
+            "upstream_quota_fetches",
+            "Token fetches counted against max_tokens_per_hour",
+            quota_fetches.clone(),
+        );
+        let quota_limit = Family::default();
+        registry.register(
+            "upstream_quota_limit",
+            "max_tokens_per_hour, for upstreams that have one",
+            quota_limit.clone(),
+        );
+        let ready = Gauge::default();
+        ready.set(1);
+        registry.register(
+            "ready",
+            "1 while the broker takes requests, 0 while it drains on shutdown",
+            ready.clone(),
+        );
         Self {
             registry,
+            circuit_open,
+            quota_fetches,
+            quota_limit,
+            ready,
             credential_refusals,
             proxied_requests,
             proxy_duration,

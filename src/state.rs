@@ -103,5 +103,6 @@ impl Broker {
 
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.metrics.ready.set(0);
     }
 }

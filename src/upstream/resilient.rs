@@ -141,10 +141,23 @@ enum Admission {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, client: TokenClient, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
+        let label = UpstreamLabel {
+            upstream: settings.name.clone(),
+        };
+        // Each upstream's series exist from the start (a new one starts closed), so dashboards
+        // and alerts see zeros rather than nothing.
+        metrics.circuit_open.get_or_create(&label).set(0);
+        match settings.max_tokens_per_hour {
+            Some(limit) => {
+                metrics.quota_limit.get_or_create(&label).set(i64::from(limit));
+                metrics.quota_fetches.get_or_create(&label).inc_by(0);
+            }
+            None => {
+                metrics.quota_limit.remove(&label);
+            }
+        }
         Self {
-            label: UpstreamLabel {
-                upstream: settings.name.clone(),
-            },
+            label,
             token_settings: settings.token_fingerprint(),
             credentials: settings.credential_fingerprints(),
             preferred: AtomicUsize::new(0),
@@ -273,6 +286,7 @@ impl Upstream {
                 return Admission::Refuse(UpstreamError::QuotaExhausted { retry_after });
             }
             guard.fetches.push_back(now);
+            self.metrics.quota_fetches.get_or_create(&self.label).inc();
         }
         Admission::Go { probe }
     }
@@ -300,6 +314,7 @@ impl Upstream {
             Ok(_) => {
                 guard.consecutive_failures = 0;
                 guard.open_until = None;
+                self.metrics.circuit_open.get_or_create(&self.label).set(0);
                 guard.cool_down = Duration::ZERO;
                 guard.refusals.remove(scopes);
             }
@@ -324,6 +339,7 @@ impl Upstream {
                         (guard.cool_down * 2).min(BREAKER_COOL_DOWN_CAP)
                     };
                     guard.open_until = Some(later(now, guard.cool_down));
+                    self.metrics.circuit_open.get_or_create(&self.label).set(1);
                     tracing::warn!(
                         upstream = %self.settings.name,
                         cool_down_secs = guard.cool_down.as_secs(),

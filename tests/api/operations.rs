@@ -21,6 +21,56 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
+/// The series alerts read: the circuit (0 while closed, 1 once open), the hourly quota (fetches
+/// counted against `max_tokens_per_hour`, and the limit), and readiness.
+#[tokio::test]
+async fn the_circuit_quota_and_readiness_series_follow_the_broker() {
+    let failing = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(500))
+        .mount(&failing)
+        .await;
+    let toml = config(&format!("{}/token", failing.uri()), "client_secret_post").replacen(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nmax_tokens_per_hour = 100",
+        1,
+    );
+    let app = TestApp::spawn(&toml).await;
+    let text = app.metrics().await;
+    assert_eq!(
+        sample(&text, r#"token_broker_upstream_circuit_open{upstream="triumph"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(&text, r#"token_broker_upstream_quota_limit{upstream="triumph"}"#),
+        100.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"token_broker_upstream_quota_fetches_total{upstream="triumph"}"#
+        ),
+        0.0
+    );
+    assert_eq!(sample(&text, "token_broker_ready"), 1.0);
+    // Five failed exchanges (each retried inside it) open the circuit.
+    for _ in 0..5 {
+        assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 503);
+    }
+    let text = app.metrics().await;
+    assert_eq!(
+        sample(&text, r#"token_broker_upstream_circuit_open{upstream="triumph"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"token_broker_upstream_quota_fetches_total{upstream="triumph"}"#
+        ),
+        5.0
+    );
+}
+
 #[tokio::test]
 async fn the_metrics_count_what_happened() {
     let (app, _upstream) = app_with("").await;
