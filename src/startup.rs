@@ -24,7 +24,7 @@ use crate::routes;
 use crate::settings::{Env, Settings};
 use crate::state::{AppState, Broker};
 use crate::tokens::{SharedStore, SharedTier, TokenCache};
-use crate::upstream::config::Endpoint;
+use crate::upstream::config::{Endpoint, UpstreamSettings};
 use crate::upstream::endpoint::{discover_all, Finding};
 use crate::upstream::{TokenClient, Upstream};
 
@@ -56,10 +56,17 @@ fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
 /// problems, which stop start-up or the reload; `Ok` the remarks worth a warning.
 pub async fn discover(settings: &mut Settings, previous: Option<&AppState>) -> Result<Vec<Finding>, Vec<Finding>> {
     let http = TokenClient::http_client();
-    let known = |name: &str, issuer: &str| {
+    // The running document is kept for the same issuer trusted under the same CAs.
+    let known = |name: &str, wanted: &UpstreamSettings| {
         let running = previous?.upstreams.get(name)?;
-        match &running.settings.endpoint {
-            Endpoint::Discovered { issuer: old, .. } if old == issuer => running.endpoint.metadata(),
+        let same_ca =
+            running.settings.private_ca.as_ref().map(|ca| &ca.pem) == wanted.private_ca.as_ref().map(|ca| &ca.pem);
+        match (&running.settings.endpoint, &wanted.endpoint) {
+            (Endpoint::Discovered { issuer: old, .. }, Endpoint::Discovered { issuer, .. })
+                if old == issuer && same_ca =>
+            {
+                running.endpoint.metadata()
+            }
             _ => None,
         }
     };
@@ -189,6 +196,7 @@ fn build_state(
 const REFRESH_BURST: u32 = 3;
 
 /// Where a reload reads the configuration from.
+#[derive(Clone)]
 struct ReloadSource {
     path: PathBuf,
     env: Env,
@@ -298,11 +306,19 @@ impl Application {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
+        // Reloads run beside the loop (an issuer may take a while to answer), one at a time.
+        let reloading = Arc::new(tokio::sync::Mutex::new(()));
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
-                _ = hangup.recv() => reload(&self.broker, self.reload.as_ref()).await,
+                _ = hangup.recv() => {
+                    let (broker, source, reloading) = (self.broker.clone(), self.reload.clone(), reloading.clone());
+                    tokio::spawn(async move {
+                        let _one_at_a_time = reloading.lock().await;
+                        reload(&broker, source.as_ref()).await;
+                    });
+                }
                 ended = &mut server => {
                     admin.stop(false).await;
                     return ended.map_err(std::io::Error::other)?;

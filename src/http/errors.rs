@@ -124,7 +124,9 @@ impl ApiError {
                     "upstream_unavailable",
                     "the hourly token quota for this upstream is used up; try again later".into(),
                 ),
-                UpstreamError::Refused { .. } => ("upstream_error", "the token endpoint refused the request".into()),
+                UpstreamError::Refused { .. } | UpstreamError::CertificateRefused => {
+                    ("upstream_error", "the token endpoint refused the request".into())
+                }
                 UpstreamError::ScopeWidened => (
                     "upstream_error",
                     "the token endpoint granted more than was asked; the token was not served".into(),
@@ -173,9 +175,10 @@ impl ResponseError for ApiError {
                 | UpstreamError::RateLimited { .. }
                 | UpstreamError::CircuitOpen { .. }
                 | UpstreamError::QuotaExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                UpstreamError::Refused { .. } | UpstreamError::ScopeWidened | UpstreamError::InvalidResponse(_) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                UpstreamError::Refused { .. }
+                | UpstreamError::CertificateRefused
+                | UpstreamError::ScopeWidened
+                | UpstreamError::InvalidResponse(_) => StatusCode::BAD_GATEWAY,
             },
         }
     }

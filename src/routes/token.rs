@@ -188,7 +188,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
 
 fn log_exchange_failure(req: &HttpRequest, upstream: &str, error: &UpstreamError) {
     RequestId::with(req, |request_id| {
-        if matches!(error, UpstreamError::Refused { .. } | UpstreamError::ScopeWidened) {
+        if error.is_refusal() {
             // The broker's configuration (secret, scopes) and the server's disagree: an operator must act.
             tracing::error!(
                 request_id,

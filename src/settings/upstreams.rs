@@ -121,6 +121,7 @@ fn validate_one(check: &mut Check, name: &str, raw: &raw::Upstream, env: &Env) -
             .and_then(|proxy| validate_proxy(check, name, proxy, &scopes)),
         expose_tokens: raw.expose_tokens.unwrap_or(true),
         private_ca,
+        fingerprints: Default::default(),
         scopes,
     })
 }

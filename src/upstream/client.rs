@@ -176,15 +176,49 @@ pub fn basic_authorization(client_id: &str, client_secret: &SecretString) -> Str
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(joined))
 }
 
-/// Describes a transport failure without the request (whose body holds the secret).
+/// Describes a transport failure without the request (whose body holds the secret). A TLS alert
+/// saying the server refused the client's certificate is a refusal of the credential.
 fn transport_error(error: reqwest::Error) -> UpstreamError {
-    if error.is_timeout() {
+    if certificate_refused(&error) {
+        UpstreamError::CertificateRefused
+    } else if error.is_timeout() {
         UpstreamError::Timeout
     } else if error.is_connect() {
         UpstreamError::Unreachable("connection failed".into())
     } else {
-        UpstreamError::Unreachable("the connection broke off".into())
+        UpstreamError::Unreachable(super::error::BROKE_OFF.into())
     }
+}
+
+/// Whether `error` carries a TLS alert from the server about the client's certificate (missing,
+/// bad, expired, revoked, from an unknown CA, or refused).
+fn certificate_refused(error: &reqwest::Error) -> bool {
+    use rustls::AlertDescription as A;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        // An io::Error's `source()` skips the error it wraps: look inside it too.
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(current), inner].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) = candidate.downcast_ref::<rustls::Error>() {
+                return matches!(
+                    alert,
+                    A::BadCertificate
+                        | A::UnsupportedCertificate
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::CertificateUnknown
+                        | A::UnknownCA
+                        | A::AccessDenied
+                        | A::CertificateRequired
+                );
+            }
+        }
+        source = current.source();
+    }
+    false
 }
 
 async fn read_capped(response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {

@@ -125,6 +125,12 @@ pub enum AssertionAudience {
     Issuer,
 }
 
+/// PBKDF2 rounds of a credential fingerprint: a few milliseconds per credential at start-up.
+pub const FINGERPRINT_ROUNDS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(20_000) {
+    Some(rounds) => rounds,
+    None => panic!("a non-zero constant"),
+};
+
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub name: String,
@@ -149,6 +155,8 @@ pub struct UpstreamSettings {
     /// `ca_file`: the CAs (PEM) the token endpoint's and the issuer's certificates must chain to,
     /// instead of the built-in ones; with the client that trusts only them.
     pub private_ca: Option<PrivateCa>,
+    /// [`Self::credential_fingerprints`], computed on first use.
+    pub fingerprints: std::sync::OnceLock<Vec<Fingerprint>>,
 }
 
 /// The CAs of `ca_file` and the HTTP client that trusts only them.
@@ -199,18 +207,35 @@ impl UpstreamSettings {
     /// One digest per credential, over [`Self::token_fingerprint`] and the credential: each cached
     /// token records the one it was fetched with, and is served only while that credential is
     /// still configured, so a token fetched under other credentials or settings is never served.
+    ///
+    /// Its prefix is shown to operators (`check`, logs, the admin API) and everything else it
+    /// covers is in the configuration, so it is stretched (PBKDF2, [`FINGERPRINT_ROUNDS`]) to make
+    /// checking guesses at a secret against a shown prefix slow. Computed once per settings.
     pub fn credential_fingerprints(&self) -> Vec<Fingerprint> {
-        let settings = self.token_fingerprint();
-        self.credentials
-            .iter()
-            .map(|credential| {
-                digest(|field| {
-                    field(b"token-broker credential v1");
-                    field(&settings.0);
-                    credential.digest_into(field);
-                })
+        self.fingerprints
+            .get_or_init(|| {
+                let settings = self.token_fingerprint();
+                self.credentials
+                    .iter()
+                    .map(|credential| {
+                        let material = digest(|field| {
+                            field(b"token-broker credential v2");
+                            field(&settings.0);
+                            credential.digest_into(field);
+                        });
+                        let mut stretched = [0u8; 32];
+                        ring::pbkdf2::derive(
+                            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                            FINGERPRINT_ROUNDS,
+                            &settings.0,
+                            &material.0,
+                            &mut stretched,
+                        );
+                        Fingerprint(stretched)
+                    })
+                    .collect()
             })
-            .collect()
+            .clone()
     }
 
     /// The client for requests to the token endpoint without a client certificate, and to the

@@ -2,8 +2,10 @@
 //! finds its token endpoint in RFC 8414 metadata (`/.well-known/oauth-authorization-server`),
 //! else in OpenID Connect Discovery (`/.well-known/openid-configuration`). The document's `issuer`
 //! must equal the configured one exactly (RFC 8414 §3.3), and every endpoint in it must be
-//! `https://` (or `http://` on loopback), so a document served from elsewhere cannot redirect the
-//! broker's credentials.
+//! `https://` — plain `http://` only on loopback and only for a loopback issuer, so that a remote
+//! issuer's document cannot send the credentials in clear text to a port on the broker's host.
+//! The document decides where the credentials go: an endpoint on another host than the issuer's
+//! is reported, and a refresh that moves it to another host is not followed.
 
 use serde::Deserialize;
 use url::Url;
@@ -34,6 +36,13 @@ impl ServerMetadata {
             (Some(alias), true) => alias,
             _ => &self.token_endpoint,
         }
+    }
+
+    /// The host the token endpoint (for `mtls` or not) is on, when it is not the issuer's.
+    pub fn foreign_host(&self, mtls: bool) -> Option<&str> {
+        let issuer_host = Url::parse(&self.issuer).ok()?.host_str()?.to_ascii_lowercase();
+        let host = self.token_endpoint_for(mtls).host_str()?;
+        (!host.eq_ignore_ascii_case(&issuer_host)).then_some(host)
     }
 
     /// Whether the server says it accepts `method` at its token endpoint.
@@ -131,6 +140,7 @@ fn describe(error: &FetchError) -> String {
 }
 
 fn parse(document: &Url, body: &[u8], issuer: &str) -> Result<ServerMetadata, DiscoveryError> {
+    let loopback_issuer = Url::parse(issuer).is_ok_and(|url| outbound::is_loopback_url(&url));
     let invalid = |reason: &str| DiscoveryError::Invalid {
         document: document.to_string(),
         reason: reason.into(),
@@ -148,9 +158,10 @@ fn parse(document: &Url, body: &[u8], issuer: &str) -> Result<ServerMetadata, Di
     let endpoint = |text: Option<String>, what: &str| -> Result<Option<Url>, DiscoveryError> {
         let Some(text) = text else { return Ok(None) };
         let url = Url::parse(&text).map_err(|_| invalid(&format!("{what} is not a URL")))?;
-        if !outbound::is_secure_url(&url) || !url.username().is_empty() || url.password().is_some() {
+        let secure = url.scheme() == "https" || (loopback_issuer && outbound::is_secure_url(&url));
+        if !secure || !url.username().is_empty() || url.password().is_some() {
             return Err(invalid(&format!(
-                "{what} is not https:// (or http:// on loopback) without credentials"
+                "{what} is not https:// without credentials (http:// only for a loopback issuer on loopback)"
             )));
         }
         Ok(Some(url))
@@ -246,5 +257,23 @@ mod tests {
             );
         }
         assert!(document(serde_json::json!({ "issuer": "https://login.example.com" })).is_err());
+
+        // A loopback issuer (a test or a sidecar) may name plain-http loopback endpoints.
+        let url = Url::parse("http://127.0.0.1:8000/.well-known/openid-configuration").unwrap();
+        let local =
+            serde_json::json!({ "issuer": "http://127.0.0.1:8000", "token_endpoint": "http://127.0.0.1:8000/token" });
+        assert!(parse(&url, local.to_string().as_bytes(), "http://127.0.0.1:8000").is_ok());
+
+        let elsewhere = document(serde_json::json!({
+            "issuer": "https://login.example.com", "token_endpoint": "https://tokens.example.net/token",
+        }))
+        .unwrap();
+        assert_eq!(elsewhere.foreign_host(false), Some("tokens.example.net"));
+        assert_eq!(
+            document(serde_json::json!({ "issuer": "https://login.example.com", "token_endpoint": "https://LOGIN.example.com/t" }))
+                .unwrap()
+                .foreign_host(false),
+            None
+        );
     }
 }

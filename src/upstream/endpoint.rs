@@ -18,8 +18,14 @@ use crate::clock::{later, SharedClock};
 pub const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// After a failed refresh, when to try again (the last good document serves meanwhile).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
-/// Bounds a metadata fetch when the upstream's own `timeout` is shorter.
+/// Bounds a metadata fetch: the upstream's own `timeout`, but at least the first and at most the
+/// second (so that `check`, start-up and a reload never wait long on an issuer).
 const MIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn discovery_timeout(upstream: &UpstreamSettings) -> Duration {
+    upstream.timeout.clamp(MIN_DISCOVERY_TIMEOUT, MAX_DISCOVERY_TIMEOUT)
+}
 
 /// Where one token request goes and what its assertion's `aud` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +45,8 @@ pub struct LiveEndpoint {
 
 struct Discovered {
     issuer: String,
+    /// Whether the certificate endpoint (`mtls_endpoint_aliases`) is the one in use.
+    mtls: bool,
     http: reqwest::Client,
     timeout: Duration,
     clock: SharedClock,
@@ -86,8 +94,9 @@ impl LiveEndpoint {
                     mtls,
                     discovered: Some(Discovered {
                         issuer: issuer.clone(),
+                        mtls,
                         http: settings.http(http).clone(),
-                        timeout: settings.timeout.max(MIN_DISCOVERY_TIMEOUT),
+                        timeout: discovery_timeout(settings),
                         clock,
                         state: Arc::new(Mutex::new(State {
                             current: metadata.clone(),
@@ -148,19 +157,42 @@ impl LiveEndpoint {
     }
 }
 
+/// Clears `refreshing` when the refresh task ends, or is dropped.
+struct RefreshingFlag(Arc<Mutex<State>>);
+
+impl Drop for RefreshingFlag {
+    fn drop(&mut self) {
+        self.0.lock().refreshing = false;
+    }
+}
+
 impl Discovered {
     fn current_and_refresh(&self) -> Option<Arc<ServerMetadata>> {
         let now = self.clock.now();
         let mut state = self.state.lock();
         if now >= state.next_refresh && !state.refreshing {
             state.refreshing = true;
-            let (issuer, http, timeout) = (self.issuer.clone(), self.http.clone(), self.timeout);
+            let (issuer, http, timeout, mtls) = (self.issuer.clone(), self.http.clone(), self.timeout, self.mtls);
             let (shared, clock) = (self.state.clone(), self.clock.clone());
             tokio::spawn(async move {
-                let result = discover_within(&http, &issuer, timeout).await;
+                // Cleared however the task ends, so a dropped refresh does not stop later ones.
+                let _refreshing = RefreshingFlag(shared.clone());
+                let result = discover_within(&http, &issuer, timeout)
+                    .await
+                    .and_then(|metadata| {
+                        let state = shared.lock();
+                        let host = |m: &ServerMetadata| m.token_endpoint_for(mtls).host_str().map(str::to_ascii_lowercase);
+                        match state.current.as_deref() {
+                            // Where the credentials go changes only by an operator's reload.
+                            Some(current) if host(current) != host(&metadata) => Err(format!(
+                                "the metadata moved the token endpoint to another host ({}); not followed: reload or restart to accept it",
+                                metadata.token_endpoint_for(mtls)
+                            )),
+                            _ => Ok(metadata),
+                        }
+                    });
                 let now = clock.now();
                 let mut state = shared.lock();
-                state.refreshing = false;
                 match result {
                     Ok(metadata) => {
                         if state.current.as_ref().map(|c| &c.token_endpoint) != Some(&metadata.token_endpoint) {
@@ -190,6 +222,20 @@ async fn discover_within(http: &reqwest::Client, issuer: &str, timeout: Duration
     }
 }
 
+/// Text from a metadata document, fit for a terminal or a log line: no control characters, short.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
+/// The first few items of a list from a metadata document, each [`printable`].
+fn printable_list(items: &[String]) -> String {
+    let mut shown: Vec<String> = items.iter().take(12).map(|item| printable(item)).collect();
+    if items.len() > 12 {
+        shown.push(format!("and {} more", items.len() - 12));
+    }
+    shown.join(", ")
+}
+
 /// A problem with an upstream's issuer, by configuration key; or a remark that does not stop it.
 #[derive(Debug)]
 pub struct Finding {
@@ -204,15 +250,15 @@ pub struct Finding {
 pub async fn discover_all(
     upstreams: &mut BTreeMap<String, UpstreamSettings>,
     http: &reqwest::Client,
-    known: impl Fn(&str, &str) -> Option<Arc<ServerMetadata>>,
+    known: impl Fn(&str, &UpstreamSettings) -> Option<Arc<ServerMetadata>>,
 ) -> (Vec<Finding>, Vec<Finding>) {
     let wanted: Vec<(String, String, Duration, reqwest::Client)> = upstreams
         .iter()
         .filter_map(|(name, upstream)| match &upstream.endpoint {
-            Endpoint::Discovered { issuer, .. } if known(name, issuer).is_none() => Some((
+            Endpoint::Discovered { issuer, .. } if known(name, upstream).is_none() => Some((
                 name.clone(),
                 issuer.clone(),
-                upstream.timeout.max(MIN_DISCOVERY_TIMEOUT),
+                discovery_timeout(upstream),
                 upstream.http(http).clone(),
             )),
             _ => None,
@@ -227,9 +273,9 @@ pub async fn discover_all(
     let (mut problems, mut remarks) = (Vec::new(), Vec::new());
     for (name, upstream) in upstreams.iter_mut() {
         let method = upstream.auth_method;
-        let Endpoint::Discovered { issuer, metadata } = &mut upstream.endpoint else {
+        if !matches!(upstream.endpoint, Endpoint::Discovered { .. }) {
             continue;
-        };
+        }
         let found = match fetched.remove(name.as_str()) {
             Some(Ok(document)) => Arc::new(document),
             Some(Err(message)) => {
@@ -239,7 +285,7 @@ pub async fn discover_all(
                 });
                 continue;
             }
-            None => match known(name, issuer) {
+            None => match known(name, upstream) {
                 Some(document) => document,
                 None => continue,
             },
@@ -249,11 +295,35 @@ pub async fn discover_all(
                 key: format!("upstreams.{name}.auth_method"),
                 message: format!(
                     "`{method}` is not among the issuer's token_endpoint_auth_methods_supported ({})",
-                    found.auth_methods.join(", ")
+                    printable_list(&found.auth_methods)
                 ),
             });
         }
-        *metadata = Some(found);
+        if let Some(host) = found.foreign_host(method.uses_certificate()) {
+            remarks.push(Finding {
+                key: format!("upstreams.{name}.issuer"),
+                message: format!(
+                    "the issuer's metadata sends token requests (and the credentials) to another host: {}",
+                    printable(host)
+                ),
+            });
+        }
+        if let Endpoint::Discovered { metadata, .. } = &mut upstream.endpoint {
+            *metadata = Some(found);
+        }
     }
     (problems, remarks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_a_metadata_document_is_made_printable_and_short() {
+        assert_eq!(printable("private_key_jwt\u{1b}[2J\r\nFAKE"), "private_key_jwt[2JFAKE");
+        assert_eq!(printable(&"x".repeat(500)).len(), 100);
+        let many: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        assert!(printable_list(&many).ends_with("m11, and 8 more"));
+    }
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// What [`UpstreamError::Unreachable`] says when a connection was made and then lost.
+pub const BROKE_OFF: &str = "the connection broke off";
+
 /// How long a browser should wait when the upstream gave no `Retry-After` of its own.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -52,6 +55,10 @@ pub enum UpstreamError {
     /// A 4xx refusal, usually an RFC 6749 §5.2 error such as `invalid_client`.
     #[error("the token endpoint refused the request with {status} ({})", .error.as_ref().map_or("no error code", |e| e.as_str()))]
     Refused { status: u16, error: Option<OAuthErrorCode> },
+    /// The TLS handshake ended with the server refusing the client certificate (RFC 8705): the
+    /// certificate-based counterpart of `invalid_client`.
+    #[error("the token endpoint refused the client certificate")]
+    CertificateRefused,
     /// 2xx with a token for scopes that were not requested: never served.
     #[error("the token endpoint granted a scope that was not requested")]
     ScopeWidened,
@@ -69,7 +76,11 @@ impl UpstreamError {
                 Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             Self::CircuitOpen { retry_after } | Self::QuotaExhausted { retry_after } => Some(*retry_after),
-            Self::Timeout | Self::Refused { .. } | Self::ScopeWidened | Self::InvalidResponse(_) => None,
+            Self::Timeout
+            | Self::Refused { .. }
+            | Self::CertificateRefused
+            | Self::ScopeWidened
+            | Self::InvalidResponse(_) => None,
         }
     }
 
@@ -83,9 +94,34 @@ impl UpstreamError {
             Self::CircuitOpen { .. } => "circuit_open",
             Self::QuotaExhausted { .. } => "quota_exhausted",
             Self::Refused { .. } => "refused",
+            Self::CertificateRefused => "certificate_refused",
             Self::ScopeWidened => "scope_widened",
             Self::InvalidResponse(_) => "invalid_response",
         }
+    }
+
+    /// Whether the endpoint refused the credential presented: `invalid_client`, or a client
+    /// certificate refused at the handshake. Another credential may fare better.
+    pub fn is_credential_refused(&self) -> bool {
+        match self {
+            Self::Refused { error: Some(code), .. } => code.as_str() == OAuthErrorCode::INVALID_CLIENT,
+            Self::CertificateRefused => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a connection was made and then lost, as when a server that refuses a client
+    /// certificate closes the connection without the alert reaching the client (TLS 1.3).
+    pub fn broke_off(&self) -> bool {
+        matches!(self, Self::Unreachable(message) if message == BROKE_OFF)
+    }
+
+    /// Whether the endpoint and the broker's configuration disagree (asking again won't help).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused { .. } | Self::CertificateRefused | Self::ScopeWidened
+        )
     }
 
     /// The RFC 6749 §5.2 code, for logs.

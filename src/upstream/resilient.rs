@@ -23,9 +23,8 @@ use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
 use crate::metrics::{Metrics, ProxyMetrics, UpstreamCredential, UpstreamLabel};
 use crate::scope::ScopeSet;
-use crate::upstream::config::{Fingerprint, UpstreamSettings};
+use crate::upstream::config::{Credential, Fingerprint, UpstreamSettings};
 use crate::upstream::endpoint::{DiscoveryStatus, LiveEndpoint};
-use crate::upstream::OAuthErrorCode;
 
 /// Attempts per exchange for connect errors and 5xx, time permitting.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -318,8 +317,8 @@ impl Upstream {
                 guard.cool_down = Duration::ZERO;
                 guard.refusals.remove(scopes);
             }
-            // Both mean the broker's configuration and the server's disagree: asking again won't help.
-            Err(error @ (UpstreamError::Refused { .. } | UpstreamError::ScopeWidened)) => {
+            // The broker's configuration and the server's disagree: asking again won't help.
+            Err(error) if error.is_refusal() => {
                 guard.refusals.retain(|_, (until, _)| now < *until);
                 guard
                     .refusals
@@ -361,8 +360,12 @@ impl Upstream {
             let result = self.exchange_with(index, scopes).await;
             match &result {
                 Ok(_) => self.preferred.store(index, Ordering::Relaxed),
-                Err(UpstreamError::Refused { error: Some(code), .. })
-                    if code.as_str() == OAuthErrorCode::INVALID_CLIENT =>
+                // A certificate the server refuses in the handshake often shows only as a lost
+                // connection (TLS 1.3 sends the alert after the client's request is on its way).
+                Err(error)
+                    if error.is_credential_refused()
+                        || (error.broke_off()
+                            && matches!(self.settings.credentials[index], Credential::Certificate(_))) =>
                 {
                     self.credential_refused(index);
                     let next = (index + 1) % count;
@@ -391,7 +394,7 @@ impl Upstream {
             credential = index,
             credentials = self.credentials.len(),
             fingerprint = %self.credentials[index],
-            "the token endpoint refused a credential (invalid_client)"
+            "the token endpoint refused a credential (invalid_client, or a certificate refused or cut off at the TLS handshake)"
         );
     }
 

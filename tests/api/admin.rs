@@ -30,23 +30,6 @@ async fn broker_for(server: &wiremock::MockServer) -> TestApp {
     .await
 }
 
-/// `triumph`'s entry in `/admin/upstreams`.
-async fn triumph_status(app: &TestApp) -> Value {
-    let (_, upstreams) = admin(
-        &app.http,
-        reqwest::Method::GET,
-        format!("{}/admin/upstreams", app.admin),
-    )
-    .await;
-    upstreams
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["upstream"] == "triumph")
-        .unwrap()
-        .clone()
-}
-
 async fn admin(http: &reqwest::Client, method: reqwest::Method, url: String) -> (u16, Value) {
     let response = http.request(method, url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     let status = response.status().as_u16();
@@ -113,7 +96,7 @@ async fn the_listing_shows_an_entry_after_a_fetch_with_its_fingerprints_but_neve
         hex::encode(&Sha256::digest(token.as_bytes())[..6]),
         "the token's fingerprint, as log lines name it"
     );
-    let triumph = triumph_status(&app).await;
+    let triumph = app.upstream_status("triumph", Some(ADMIN_TOKEN)).await;
     assert_eq!(entry["credential"], triumph["credentials"][0], "{triumph}");
     let expires_at = entry["expires_at"].as_u64().unwrap();
     let served_until = entry["served_until"].as_u64().unwrap();
@@ -154,7 +137,7 @@ async fn refresh_fetches_new_tokens_now_and_upstreams_shows_a_failing_endpoint()
     assert_ne!(first["access_token"], second["access_token"]);
     assert_eq!(upstream_calls(&upstream).await, 2);
 
-    let triumph = triumph_status(&app).await;
+    let triumph = app.upstream_status("triumph", Some(ADMIN_TOKEN)).await;
     assert_eq!(triumph["breaker"], "closed");
     assert_eq!(triumph["failing"], false);
     assert_eq!(triumph["last_outcome"]["outcome"], "success");
@@ -169,7 +152,7 @@ async fn refresh_fetches_new_tokens_now_and_upstreams_shows_a_failing_endpoint()
         .await;
     let app = broker_for(&failing).await;
     assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 502);
-    let triumph = triumph_status(&app).await;
+    let triumph = app.upstream_status("triumph", Some(ADMIN_TOKEN)).await;
     assert_eq!(triumph["failing"], true, "{triumph}");
     assert_eq!(triumph["last_error"]["outcome"], "refused");
     assert_eq!(triumph["last_error"]["oauth_error"], "invalid_client");

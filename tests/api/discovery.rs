@@ -34,6 +34,19 @@ async fn serve_metadata(server: &MockServer, at: &str, document: serde_json::Val
         .await;
 }
 
+/// Serves, once, RFC 8414 metadata at `at` naming `{issuer}/token`.
+async fn serve_metadata_once(server: &MockServer, at: &str, issuer: &str) {
+    Mock::given(method("GET"))
+        .and(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "issuer": issuer, "token_endpoint": format!("{issuer}/token") })),
+        )
+        .up_to_n_times(1)
+        .mount(server)
+        .await;
+}
+
 async fn requests_to(server: &MockServer, at: &str) -> usize {
     let requests = server.received_requests().await.unwrap_or_default();
     requests.iter().filter(|r| r.url.path() == at).count()
@@ -90,15 +103,7 @@ async fn the_issuer_going_down_after_start_up_changes_nothing() {
     let server = MockServer::start().await;
     let issuer = server.uri();
     let metadata_path = "/.well-known/oauth-authorization-server";
-    Mock::given(method("GET"))
-        .and(path(metadata_path))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "issuer": issuer, "token_endpoint": format!("{issuer}/token") })),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
+    serve_metadata_once(&server, metadata_path, &issuer).await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
@@ -234,4 +239,74 @@ fn check_shows_the_discovered_endpoint_and_remarks_on_an_unlisted_auth_method() 
         )),
         "{stdout}"
     );
+}
+
+/// A day later the issuer's document names a token endpoint on another host: the refresh is not
+/// followed (where the credentials go changes only by an operator's reload), the admin API says
+/// why, and tokens keep coming from the endpoint in use.
+#[tokio::test]
+async fn a_refresh_that_moves_the_token_endpoint_to_another_host_is_not_followed() {
+    let server = MockServer::start().await;
+    let issuer = server.uri();
+    let metadata_path = "/.well-known/oauth-authorization-server";
+    serve_metadata_once(&server, metadata_path, &issuer).await;
+    let moved = issuer.replace("127.0.0.1", "localhost");
+    Mock::given(method("GET"))
+        .and(path(metadata_path))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "issuer": issuer, "token_endpoint": format!("{moved}/elsewhere") })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(IssueTokens::new(600))
+        .mount(&server)
+        .await;
+    let app = TestApp::spawn(&issuer_config(&issuer)).await;
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    app.clock.advance(Duration::from_secs(25 * 3600));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let triumph = app.upstream_status("triumph", None).await;
+        if !triumph["discovery"]["last_error"].is_null() || std::time::Instant::now() > deadline {
+            break triumph;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status["discovery"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("another host"), "{status}");
+    assert_eq!(status["token_endpoint"], format!("{issuer}/token"));
+    app.clock.advance(Duration::from_secs(600));
+    assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
+    assert_eq!(requests_to(&server, "/elsewhere").await, 0);
+}
+
+/// A SIGHUP whose new configuration names an issuer that never answers does not hold up SIGTERM:
+/// the reload runs beside the signal loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_on_an_issuer_does_not_delay_shutdown() {
+    use crate::helpers::process::BrokerProcess;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = token_endpoint(IssueTokens::new(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&format!("{}/token", endpoint.uri()), "client_secret_post");
+    let file = write(dir.path(), "broker.toml", &toml);
+    let mut broker = BrokerProcess::start(&file, &[("TRIUMPH_SECRET", CLIENT_SECRET)]);
+    let hanging = issuer_config(&format!("http://{}", silent.local_addr().unwrap())).replacen(
+        "timeout = \"2s\"",
+        "timeout = \"25s\"",
+        1,
+    );
+    write(dir.path(), "broker.toml", &hanging);
+    broker.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = std::time::Instant::now();
+    broker.signal("TERM");
+    let status = broker.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    drop(silent);
 }

@@ -41,6 +41,11 @@ async fn start_provider_with_keys(keys: Option<&Path>) -> Provider {
 /// With `mtls`: a directory with `ca.pem`, `server.pem`, `server.key` and `self-signed.pem`, for
 /// the certificate clients (see oidc-provider.mjs).
 async fn start_provider_with(keys: Option<&Path>, mtls: Option<&Path>) -> Provider {
+    start_provider_strict(keys, mtls, false).await
+}
+
+/// With `strict`, the TLS listener refuses at the handshake a certificate its CA did not sign.
+async fn start_provider_strict(keys: Option<&Path>, mtls: Option<&Path>, strict: bool) -> Provider {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     assert!(
         dir.join("node_modules/oidc-provider").is_dir(),
@@ -52,6 +57,7 @@ async fn start_provider_with(keys: Option<&Path>, mtls: Option<&Path>) -> Provid
         .current_dir(&dir)
         .envs(keys.map(|k| ("CLIENT_KEYS_DIR", k.as_os_str())))
         .envs(mtls.map(|m| ("MTLS_DIR", m.as_os_str())))
+        .env("MTLS_STRICT", if strict { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -375,6 +381,29 @@ async fn tokens_from_oidc_provider_with_tls_client_auth_and_self_signed_certific
         let broker = broker_at(endpoint, client_id, method, &credential, SECRET).await;
         verify_exchanges(&provider, &broker, client_id).await;
     }
+}
+
+/// Rotation with certificates when the server refuses a certificate in the TLS handshake itself
+/// (a TLS alert, not an `invalid_client` answer): the next pair is tried and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_refused_at_the_handshake_is_followed_by_the_next_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let [client, _, stranger] = mtls_material(dir.path());
+    let provider = start_provider_strict(None, Some(dir.path()), true).await;
+    let tls_url = format!(
+        "token_url = \"https://127.0.0.1:{}/token\"",
+        provider.tls_port.as_ref().unwrap()
+    );
+    let credential = format!(
+        "client_certificate = [{{ file = {:?} }}, {{ file = {:?} }}]\nprivate_key = [{{ file = {:?} }}, {{ file = {:?} }}]\nca_file = {:?}",
+        stranger.cert,
+        client.cert,
+        stranger.key,
+        client.key,
+        dir.path().join("ca.pem")
+    );
+    let broker = broker_at(&tls_url, "mtls-client", "tls_client_auth", &credential, SECRET).await;
+    verify_exchanges(&provider, &broker, "mtls-client").await;
 }
 
 /// A key or certificate the provider does not know: the caller gets 502 `upstream_error`, the

@@ -60,7 +60,9 @@ if (mtlsDir) {
     cert: read("server.pem"),
     ca: read("ca.pem"),
     requestCert: true,
-    rejectUnauthorized: false, // the provider decides, and answers invalid_client
+    // By default the provider decides, and answers invalid_client; with MTLS_STRICT=1 the TLS
+    // handshake itself refuses a certificate that ca.pem did not sign, as nginx and others do.
+    rejectUnauthorized: process.env.MTLS_STRICT === "1",
   });
   await new Promise((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
   const tlsPort = tlsServer.address().port;

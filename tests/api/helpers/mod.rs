@@ -110,6 +110,19 @@ impl TestApp {
         response.text().await.unwrap()
     }
 
+    /// `upstream`'s entry in `/admin/upstreams` (with the admin token, when `admin_token` is set).
+    pub async fn upstream_status(&self, upstream: &str, admin_token: Option<&str>) -> serde_json::Value {
+        let mut request = self.http.get(format!("{}/admin/upstreams", self.admin));
+        if let Some(token) = admin_token {
+            request = request.bearer_auth(token);
+        }
+        let all: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+        all.as_array()
+            .and_then(|list| list.iter().find(|u| u["upstream"] == upstream))
+            .cloned()
+            .unwrap_or_else(|| panic!("no upstream {upstream} in {all}"))
+    }
+
     pub fn token_url(&self, upstream: &str) -> String {
         format!("{}/v1/token/{upstream}", self.base)
     }
