@@ -146,6 +146,18 @@ impl Upstream {
         // Each upstream's series exist from the start (a new one starts closed), so dashboards
         // and alerts see zeros rather than nothing.
         metrics.circuit_open.get_or_create(&label).set(0);
+        for family in [&metrics.cache_hits, &metrics.cache_misses, &metrics.tokens_served] {
+            family.get_or_create(&label).inc_by(0);
+        }
+        for index in 0..settings.credentials.len() {
+            metrics
+                .credential_refusals
+                .get_or_create(&UpstreamCredential {
+                    upstream: settings.name.clone(),
+                    credential: index as u32,
+                })
+                .inc_by(0);
+        }
         match settings.max_tokens_per_hour {
             Some(limit) => {
                 metrics.quota_limit.get_or_create(&label).set(i64::from(limit));

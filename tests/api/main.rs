@@ -19,6 +19,7 @@ mod identity_jwt;
 mod interop_authlib;
 mod interop_oidc_provider;
 mod lifecycle;
+mod monitoring;
 mod no_secrets_in_logs;
 mod operations;
 mod proxy;

@@ -97,13 +97,17 @@ async fn a_refused_secret_is_followed_by_the_next_and_the_one_that_works_is_used
     );
 
     let metrics = app.metrics().await;
-    let refusals: Vec<&str> = metrics
+    let mut refusals: Vec<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with("token_broker_upstream_credential_refusals_total{"))
+        .filter(|l| l.starts_with("token_broker_upstream_credential_refusals_total{upstream=\"triumph\""))
         .collect();
+    refusals.sort_unstable();
     assert_eq!(
         refusals,
-        ["token_broker_upstream_credential_refusals_total{upstream=\"triumph\",credential=\"0\"} 1"],
+        [
+            "token_broker_upstream_credential_refusals_total{upstream=\"triumph\",credential=\"0\"} 1",
+            "token_broker_upstream_credential_refusals_total{upstream=\"triumph\",credential=\"1\"} 0",
+        ],
         "{metrics}"
     );
 }
