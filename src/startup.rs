@@ -257,6 +257,7 @@ impl Application {
             App::new()
                 .app_data(admin_broker.clone())
                 .configure(routes::admin::configure)
+                .configure(routes::admin_page::configure)
         })
         .workers(1)
         .shutdown_timeout(grace)

@@ -1,6 +1,7 @@
 //! The HTTP routes of the public and admin listeners.
 
 pub mod admin;
+pub mod admin_page;
 pub mod client_js;
 pub mod common;
 pub mod proxy;

@@ -79,6 +79,9 @@ struct Guard {
     /// How the last exchange ended, and the last one that failed.
     last_outcome: Option<Outcome>,
     last_error: Option<Outcome>,
+    /// Exchanges (each with its retries) that ended in a token, and that did not.
+    succeeded: u64,
+    failed: u64,
 }
 
 /// How an exchange with the token endpoint ended, for operators.
@@ -115,6 +118,11 @@ pub struct UpstreamStatus {
     pub discovery: Option<DiscoveryStatus>,
     /// The circuit is open or the last exchange failed.
     pub failing: bool,
+    /// Counters since start-up (or since this upstream's settings last changed): tokens handed
+    /// to callers, and exchanges with the token endpoint that succeeded and failed.
+    pub tokens_served: u64,
+    pub exchanges_succeeded: u64,
+    pub exchanges_failed: u64,
 }
 
 /// What a fetch is for. The hourly quota keeps a share that replacements of rejected tokens
@@ -217,6 +225,9 @@ impl Upstream {
             token_endpoint: self.endpoint.current_url().map(|url| url.to_string()),
             discovery: self.endpoint.status(),
             failing: breaker != "closed" || last_failed,
+            tokens_served: self.metrics.tokens_served.get_or_create(&self.label).get(),
+            exchanges_succeeded: guard.succeeded,
+            exchanges_failed: guard.failed,
         }
     }
 
@@ -316,6 +327,9 @@ impl Upstream {
         let mut guard = self.guard.lock();
         if result.is_err() {
             guard.last_error = Some(outcome.clone());
+            guard.failed += 1;
+        } else {
+            guard.succeeded += 1;
         }
         guard.last_outcome = Some(outcome);
         if probe {

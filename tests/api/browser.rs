@@ -35,6 +35,38 @@ fn the_browser_client_works_in_chromium() {
     );
 }
 
+/// The admin page in real Chromium: no console error, each upstream's state, sparklines; the
+/// screenshot goes to target/tmp/admin-page.png for a person to look at.
+#[test]
+fn the_admin_page_loads_in_chromium_and_shows_each_upstream() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
+        "playwright-core and Chromium are needed: scripts/test installs them"
+    );
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "admin-page.test.mjs"])
+        .current_dir(&dir)
+        .env("TOKEN_BROKER_BIN", env!("CARGO_BIN_EXE_token-broker"))
+        .env("SCREENSHOT", &screenshot)
+        .output()
+        .expect("node runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(output.status.success(), "admin page tests failed:\n{report}");
+    assert!(
+        report.contains("pass 2"),
+        "both admin page tests ran and passed:\n{report}"
+    );
+    assert!(screenshot.exists(), "the screenshot was saved");
+}
+
 /// The client as frontend developers consume it: an npm package (`client/package.json`) that a
 /// TypeScript app installs; `tsc --strict` checks the `.d.ts` against that use, esbuild bundles it.
 #[test]

@@ -1,0 +1,164 @@
+// The admin page (`GET /admin/` on the admin listener) in real Chromium: it loads with no console
+// error (a CSP violation would be one), shows each upstream's state, and draws its sparklines.
+// Run by tests/api/browser.rs, which passes the broker binary in TOKEN_BROKER_BIN and where to put
+// the screenshot in SCREENSHOT.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const API_KEY = "admin-page-key";
+const ADMIN_TOKEN = "admin-page-token-0123456789";
+const hash = "sha256:" + createHash("sha256").update(API_KEY).digest("hex");
+
+// A token endpoint: `reports-client` gets tokens, anyone else `invalid_client`.
+let issued = 0;
+const vendor = await new Promise((resolve) => {
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      const form = new URLSearchParams(body);
+      res.setHeader("Content-Type", "application/json");
+      if (form.get("client_id") !== "reports-client") {
+        res.writeHead(401).end(JSON.stringify({ error: "invalid_client" }));
+        return;
+      }
+      issued += 1;
+      res.end(JSON.stringify({ access_token: `t-${issued}`, token_type: "Bearer", expires_in: 3600 }));
+    });
+  });
+  server.listen(0, "127.0.0.1", () => resolve({ server, origin: `http://127.0.0.1:${server.address().port}` }));
+});
+
+let broker;
+let browser;
+
+function startBroker() {
+  const dir = mkdtempSync(path.join(tmpdir(), "tb-admin-page-"));
+  const upstream = (name, client) => `
+[upstreams.${name}]
+token_url = "${vendor.origin}/token"
+client_id = "${client}"
+client_secret = "secret"
+scopes = ["read"]
+timeout = "2s"
+`;
+  const config = `
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 1
+admin_token = "${ADMIN_TOKEN}"
+${upstream("reports", "reports-client")}
+${upstream("partner", "partner-client")}
+[[authenticators]]
+type = "api_key"
+keys = [{ id = "k", hash = "${hash}", subject = "user" }]
+
+[[grants]]
+subjects = ["user"]
+upstreams = { reports = ["read"], partner = ["read"] }
+`;
+  const file = path.join(dir, "broker.toml");
+  writeFileSync(file, config);
+  const child = spawn(process.env.TOKEN_BROKER_BIN, ["serve", "--config", file], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, RUST_LOG: "warn,token_broker=info" },
+  });
+  return new Promise((resolve, reject) => {
+    let buffered = "";
+    child.stderr.on("data", (chunk) => {
+      buffered += chunk;
+      for (const line of buffered.split("\n")) {
+        if (line.includes("token-broker listening")) {
+          const json = JSON.parse(line);
+          resolve({ child, url: `http://${json.listen}`, admin: `http://${json.admin_listen}` });
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`the broker exited with ${code}: ${buffered}`)));
+  });
+}
+
+const token = (upstream) =>
+  fetch(`${broker.url}/v1/token/${upstream}?scope=read`, { headers: { "X-API-Key": API_KEY } });
+
+before(async () => {
+  broker = await startBroker();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  broker?.child.kill();
+  vendor.server.close();
+});
+
+test("the admin page shows each upstream's state, without a console error, and draws sparklines", async () => {
+  assert.equal((await token("reports")).status, 200);
+  assert.equal((await token("partner")).status, 502);
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 640 } });
+  const problems = [];
+  page.on("console", (message) => {
+    if (message.type() === "error" || message.type() === "warning") problems.push(message.text());
+  });
+  page.on("pageerror", (error) => problems.push(String(error)));
+
+  const response = await page.goto(`${broker.admin}/admin/#token=${ADMIN_TOKEN}`);
+  const csp = response.headers()["content-security-policy"];
+  assert.match(csp, /default-src 'none'/);
+  assert.match(csp, /script-src 'sha256-/);
+  await page.waitForSelector("body[data-loaded=true]", { timeout: 10000 });
+  assert.equal(page.url(), `${broker.admin}/admin/`, "the token leaves the address bar");
+
+  const row = (name) => page.locator(`#upstreams tr[data-upstream="${name}"] td`);
+  assert.equal(await row("reports").nth(1).textContent(), "ok");
+  assert.equal(await row("partner").nth(1).textContent(), "FAILING");
+  assert.match(await row("partner").nth(3).textContent(), /^refused \(invalid_client\)/);
+  assert.equal(await row("reports").nth(5).textContent(), "1", "one cached token");
+  assert.match(await page.locator("#tokens tbody").textContent(), /reports.*read.*memory/s);
+  assert.equal(await page.locator("#status").textContent(), "1 upstream(s) failing");
+
+  // More traffic, then the next refresh (every 5 s) draws it.
+  for (let i = 0; i < 5; i++) await token("reports");
+  await token("partner");
+  // The last point of the served line rises above the baseline (y = 23) once the refresh sees them.
+  const lastY = () =>
+    page.evaluate(() => {
+      const points = document.querySelector('#upstreams tr[data-upstream="reports"] polyline.served')?.getAttribute("points") ?? "";
+      return Number(points.trim().split(" ").pop()?.split(",")[1] ?? 23);
+    });
+  await page.waitForFunction(
+    () => {
+      const points = document.querySelector('#upstreams tr[data-upstream="reports"] polyline.served')?.getAttribute("points") ?? "";
+      return Number(points.trim().split(" ").pop()?.split(",")[1] ?? 23) < 23;
+    },
+    null,
+    { timeout: 12000 },
+  );
+  assert.ok((await lastY()) < 5, "five tokens served since the last refresh: the peak of the line");
+
+  const html = await page.content();
+  assert.ok(!html.includes("t-1"), "the page never holds a token");
+  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  assert.deepEqual(problems, [], "no console errors or warnings");
+});
+
+test("without the admin token the page says so and shows no data", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${broker.admin}/admin/`);
+  await page.waitForFunction(() => document.querySelector("#status").textContent.includes("admin token"));
+  assert.equal(await page.locator("#upstreams tbody tr").count(), 0);
+});
