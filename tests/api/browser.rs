@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_browser_client_works_in_chromium() {
+/// Runs `file` of tests/browser with node's test runner against the binary under test; `env`
+/// adds variables. Returns the report, having asserted that it passed.
+fn run_browser_tests(file: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
@@ -17,9 +18,10 @@ fn the_browser_client_works_in_chromium() {
         "Chromium is not installed: apt-get install chromium (scripts/test does it)"
     );
     let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "access-token-provider.test.mjs"])
+        .args(["--test", "--test-reporter=spec", file])
         .current_dir(&dir)
         .env("TOKEN_BROKER_BIN", env!("CARGO_BIN_EXE_token-broker"))
+        .envs(env.iter().copied())
         .output()
         .expect("node runs");
     let report = format!(
@@ -28,7 +30,13 @@ fn the_browser_client_works_in_chromium() {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("{report}");
-    assert!(output.status.success(), "browser tests failed:\n{report}");
+    assert!(output.status.success(), "{file} failed:\n{report}");
+    report
+}
+
+#[test]
+fn the_browser_client_works_in_chromium() {
+    let report = run_browser_tests("access-token-provider.test.mjs", &[]);
     assert!(
         report.contains("pass 11"),
         "all eleven browser tests ran and passed:\n{report}"
@@ -39,27 +47,9 @@ fn the_browser_client_works_in_chromium() {
 /// screenshot goes to target/tmp/admin-page.png for a person to look at.
 #[test]
 fn the_admin_page_loads_in_chromium_and_shows_each_upstream() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
-        "playwright-core and Chromium are needed: scripts/test installs them"
-    );
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
     let _ = std::fs::remove_file(&screenshot);
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "admin-page.test.mjs"])
-        .current_dir(&dir)
-        .env("TOKEN_BROKER_BIN", env!("CARGO_BIN_EXE_token-broker"))
-        .env("SCREENSHOT", &screenshot)
-        .output()
-        .expect("node runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(output.status.success(), "admin page tests failed:\n{report}");
+    let report = run_browser_tests("admin-page.test.mjs", &[("SCREENSHOT", screenshot.as_os_str())]);
     assert!(
         report.contains("pass 2"),
         "both admin page tests ran and passed:\n{report}"

@@ -6,12 +6,10 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { startBroker, launchChromium } from "./harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const moduleSource = readFileSync(path.join(here, "../../client/access-token-provider.js"), "utf8");
@@ -101,8 +99,7 @@ let adminUrl;
 let browser;
 let context;
 
-function startBroker() {
-  const dir = mkdtempSync(path.join(tmpdir(), "tb-browser-"));
+async function startTestBroker() {
   const config = `
 [server]
 listen = "127.0.0.1:0"
@@ -135,25 +132,7 @@ authenticators = ["forward", "api_key"]
 subjects = ["browser-user"]
 upstreams = { vendor = ["a", "b", "c", "short", "flaky", "store", "cross"] }
 `;
-  const file = path.join(dir, "broker.toml");
-  writeFileSync(file, config);
-  const child = spawn(process.env.TOKEN_BROKER_BIN, ["serve", "--config", file], {
-    stdio: ["ignore", "ignore", "pipe"],
-    env: { ...process.env, RUST_LOG: "info" },
-  });
-  return new Promise((resolve, reject) => {
-    let buffered = "";
-    child.stderr.on("data", (chunk) => {
-      buffered += chunk;
-      for (const line of buffered.split("\n")) {
-        if (line.includes("token-broker listening")) {
-          const json = JSON.parse(line);
-          resolve({ child, url: `http://${json.listen}`, admin: `http://${json.admin_listen}` });
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`the broker exited with ${code}: ${buffered}`)));
-  });
+  return startBroker(config);
 }
 
 /** Token requests the broker has answered (CORS preflights aside), by its own metrics. */
@@ -173,20 +152,8 @@ async function openPage(origin) {
 }
 
 before(async () => {
-  ({ child: broker, url: brokerUrl, admin: adminUrl } = await startBroker());
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  ({ child: broker, url: brokerUrl, admin: adminUrl } = await startTestBroker());
+  browser = await launchChromium();
   context = await browser.newContext();
   // The app's session cookie, set for the broker's host (cookies do not care about ports).
   await context.addCookies([{ name: "app_session", value: "good", domain: "127.0.0.1", path: "/" }]);

@@ -6,12 +6,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
-import { chromium } from "playwright-core";
+import { startBroker, launchChromium } from "./harness.mjs";
 
 const API_KEY = "admin-page-key";
 const ADMIN_TOKEN = "admin-page-token-0123456789";
@@ -40,8 +36,7 @@ const vendor = await new Promise((resolve) => {
 let broker;
 let browser;
 
-function startBroker() {
-  const dir = mkdtempSync(path.join(tmpdir(), "tb-admin-page-"));
+function configuration() {
   const upstream = (name, client) => `
 [upstreams.${name}]
 token_url = "${vendor.origin}/token"
@@ -66,37 +61,15 @@ keys = [{ id = "k", hash = "${hash}", subject = "user" }]
 subjects = ["user"]
 upstreams = { reports = ["read"], partner = ["read"] }
 `;
-  const file = path.join(dir, "broker.toml");
-  writeFileSync(file, config);
-  const child = spawn(process.env.TOKEN_BROKER_BIN, ["serve", "--config", file], {
-    stdio: ["ignore", "ignore", "pipe"],
-    env: { ...process.env, RUST_LOG: "warn,token_broker=info" },
-  });
-  return new Promise((resolve, reject) => {
-    let buffered = "";
-    child.stderr.on("data", (chunk) => {
-      buffered += chunk;
-      for (const line of buffered.split("\n")) {
-        if (line.includes("token-broker listening")) {
-          const json = JSON.parse(line);
-          resolve({ child, url: `http://${json.listen}`, admin: `http://${json.admin_listen}` });
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`the broker exited with ${code}: ${buffered}`)));
-  });
+  return config;
 }
 
 const token = (upstream) =>
   fetch(`${broker.url}/v1/token/${upstream}?scope=read`, { headers: { "X-API-Key": API_KEY } });
 
 before(async () => {
-  broker = await startBroker();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update"],
-  });
+  broker = await startBroker(configuration(), "warn,token_broker=info");
+  browser = await launchChromium();
 });
 
 after(async () => {
