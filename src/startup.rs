@@ -23,6 +23,7 @@ use crate::public_tokens::PublicTokens;
 use crate::routes;
 use crate::settings::{Env, Settings};
 use crate::state::{AppState, Broker};
+use crate::telemetry::traces::Tracing;
 use crate::tokens::{SharedStore, SharedTier, TokenCache};
 use crate::upstream::config::{Endpoint, UpstreamSettings};
 use crate::upstream::endpoint::{discover_all, Finding};
@@ -46,8 +47,9 @@ fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
         settings.cache.refresh_skew,
         shared,
     );
+    let tracing = Tracing::new(&settings.telemetry, http.clone()).map_err(std::io::Error::other)?;
     let state = build_state(settings, &clock, &http, &metrics, None);
-    Ok(Broker::new(state, tokens, metrics, clock, http))
+    Ok(Broker::new(state, tokens, metrics, clock, http, tracing))
 }
 
 /// Fetches the metadata of the upstreams configured with `issuer` into `settings`: before the
@@ -332,6 +334,13 @@ impl Application {
         let _ = server.await;
         admin.stop(true).await;
         let _ = admin_task.await;
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(tracing) = &broker.tracing {
+                tracing.shutdown();
+            }
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! whole on reload) and the state of the process ([`Broker`]: the token cache, metrics, the
 //! lifecycle). Middleware and routes read it; `startup` assembles it.
 
+use crate::telemetry::traces::Tracing;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +51,9 @@ pub struct Broker {
     /// The HTTP client every upstream shares (one connection pool).
     pub(crate) http: reqwest::Client,
     draining: AtomicBool,
+    /// OpenTelemetry traces, when `[telemetry] otlp_endpoint` is set (from start-up; a reload
+    /// does not change it).
+    pub tracing: Option<Tracing>,
 }
 
 impl Broker {
@@ -59,6 +63,7 @@ impl Broker {
         metrics: Arc<Metrics>,
         clock: SharedClock,
         http: reqwest::Client,
+        tracing: Option<Tracing>,
     ) -> Self {
         Self {
             state: ArcSwap::from_pointee(state),
@@ -68,6 +73,7 @@ impl Broker {
             clock,
             http,
             draining: AtomicBool::new(false),
+            tracing,
         }
     }
 

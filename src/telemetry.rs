@@ -21,6 +21,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 mod buffered;
+pub mod traces;
 pub use buffered::{Buffered, FLUSH_EVERY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

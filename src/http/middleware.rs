@@ -10,6 +10,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
+use opentelemetry::context::FutureExt as _;
 use tracing::Instrument;
 
 use super::cors::PREFLIGHT_MAX_AGE;
@@ -17,6 +18,7 @@ use super::errors::ApiError;
 use super::limits::header_bytes;
 use super::observe::{usable_request_id, ClientAddress, ClientIp, RequestId, REQUEST_ID};
 use crate::state::Broker;
+use crate::telemetry::traces;
 
 /// The broker the app was built with; an app without one is a wiring mistake, answered 500.
 fn broker_of(req: &ServiceRequest) -> Result<web::Data<Broker>, actix_web::Error> {
@@ -55,11 +57,23 @@ pub async fn observe(
     }
 
     let started = Instant::now();
-    let mut response = next.call(req).instrument(span.clone()).await?;
+    // With traces on, the request runs in its span's context (a child of a trusted proxy's
+    // `traceparent`); with them off, nothing is made.
+    let trace = broker
+        .tracing
+        .as_ref()
+        .map(|tracing| tracing.request_context(req.headers(), client.via_trusted_proxy, method.as_str()));
+    let mut response = match &trace {
+        None => next.call(req).instrument(span.clone()).await?,
+        Some(cx) => next.call(req).instrument(span.clone()).with_context(cx.clone()).await?,
+    };
     let status = response.status().as_u16();
     // Resources are named after their pattern: the label is known after routing, unallocated.
     let route = response.request().match_name().unwrap_or("unmatched");
     broker.metrics.request(route, status);
+    if let Some(cx) = &trace {
+        traces::finish_request(cx, method.as_str(), route, status);
+    }
     span.in_scope(|| {
         tracing::debug!(
             target: "token_broker::access",

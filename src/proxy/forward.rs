@@ -6,6 +6,8 @@
 //! `X-Request-Id` itself. Never returned: `Set-Cookie`, hop-by-hop headers, and the API's own
 //! `Access-Control-*` headers (the broker's CORS policy decides who may read the answer).
 
+use crate::telemetry::traces;
+use opentelemetry::trace::SpanKind;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -165,19 +167,25 @@ impl Forwarder {
         set("x-forwarded-proto", caller.scheme);
         set("forwarded", &caller.forwarded());
         set("x-request-id", caller.request_id);
-        let request = self.http.request(method, url).headers(headers).timeout(timeout);
-        let request = match body {
-            Body::Empty => request,
-            Body::Buffered(bytes) => request.body(bytes),
-            Body::Streaming(stream) => request.body(reqwest::Body::wrap_stream(stream)),
+        let call = async {
+            traces::inject(&mut headers);
+            let request = self.http.request(method, url).headers(headers).timeout(timeout);
+            let request = match body {
+                Body::Empty => request,
+                Body::Buffered(bytes) => request.body(bytes),
+                Body::Streaming(stream) => request.body(reqwest::Body::wrap_stream(stream)),
+            };
+            request.send().await
         };
-        let response = request.send().await.map_err(|error| {
-            if error.is_timeout() {
-                ForwardError::Timeout
-            } else {
-                ForwardError::Unreachable(error)
-            }
-        })?;
+        let response = traces::in_span("proxied call", SpanKind::Client, call)
+            .await
+            .map_err(|error| {
+                if error.is_timeout() {
+                    ForwardError::Timeout
+                } else {
+                    ForwardError::Unreachable(error)
+                }
+            })?;
         if response.status().is_informational() {
             return Err(ForwardError::Informational(response.status().as_u16()));
         }

@@ -1,6 +1,8 @@
 //! What the routes that serve callers share: who is calling (with the CSRF and rate checks that
 //! come with it), and reading a bounded request body.
 
+use crate::telemetry::traces;
+use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest};
@@ -35,7 +37,12 @@ pub async fn authenticate_as(req: &HttpRequest, state: &AppState, check: CrossSi
         .auth_failures
         .attempt(ClientAddress::of(req))
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    let identity = match state.identity.authenticate(req.headers(), &attempt).await {
+    let authenticated = traces::in_span(
+        "authenticate",
+        SpanKind::Internal,
+        state.identity.authenticate(req.headers(), &attempt),
+    );
+    let identity = match authenticated.await {
         Ok(identity) => {
             attempt.succeeded();
             identity

@@ -2,6 +2,8 @@
 //! route, the path and method are checked against the upstream's allow-list, and the request is
 //! forwarded to the API with the cached token added. The browser never sees the token.
 
+use crate::telemetry::traces;
+use opentelemetry::trace::SpanKind;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,7 +72,12 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         return Err(ApiError::AccessDenied(Denied::PathNotAllowed));
     }
     let entitlement = state.policy.entitle(&identity, name, settings.scopes.clone())?;
-    let served = Box::pin(broker.tokens.get(upstream, &entitlement.scopes)).await?;
+    let served = Box::pin(traces::in_span(
+        "cache",
+        SpanKind::Internal,
+        broker.tokens.get(upstream, &entitlement.scopes),
+    ))
+    .await?;
     let mut url = settings.url.clone();
     url.set_path(&format!(
         "{}{}",

@@ -1,7 +1,9 @@
 //! `GET|POST /v1/token/{upstream}`: who is calling → what they may get → the cached token.
 
+use crate::telemetry::traces;
 use actix_web::http::header::{ContentType, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
+use opentelemetry::trace::SpanKind;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
@@ -138,17 +140,20 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     let entitlement = state.policy.entitle(&identity, upstream.name(), requested_scopes)?;
 
     let served = match &rejected {
-        None => broker
-            .tokens
-            .get(upstream, &entitlement.scopes)
-            .await
-            .inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?,
+        None => traces::in_span(
+            "cache",
+            SpanKind::Internal,
+            broker.tokens.get(upstream, &entitlement.scopes),
+        )
+        .await
+        .inspect_err(|error| log_exchange_failure(req, upstream.name(), error))?,
         Some(rejected) => {
             // A report that replaces the token costs an upstream fetch: each caller may start only a few.
             let may_replace = || state.refresh_limit.check(&identity.authenticator, &identity.subject);
-            broker
+            let replaced = broker
                 .tokens
-                .replace_rejected(upstream, &entitlement.scopes, rejected, may_replace)
+                .replace_rejected(upstream, &entitlement.scopes, rejected, may_replace);
+            traces::in_span("cache", SpanKind::Internal, replaced)
                 .await
                 .inspect_err(|error| {
                     if let ReplaceError::Upstream(error) = error {

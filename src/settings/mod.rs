@@ -25,6 +25,7 @@ use crate::http::config::ServerSettings;
 use crate::identity::config::NamedAuthenticator;
 use crate::policy::GrantSettings;
 use crate::public_tokens::PublicTokenSettings;
+use crate::telemetry::traces::TelemetrySettings;
 use crate::tokens::config::CacheSettings;
 use crate::upstream::config::UpstreamSettings;
 use check::Check;
@@ -47,6 +48,7 @@ pub struct Settings {
     pub authenticators: Vec<NamedAuthenticator>,
     pub grants: Vec<GrantSettings>,
     pub public_tokens: Option<PublicTokenSettings>,
+    pub telemetry: TelemetrySettings,
 }
 
 /// One thing wrong with the configuration: the key and what is wrong, never a secret's value.
@@ -177,6 +179,30 @@ fn config_error_message(error: config::ConfigError) -> String {
     }
 }
 
+/// `[telemetry]`: where traces go (OTLP/HTTP), if anywhere.
+fn telemetry(check: &mut Check, raw: &raw::Telemetry) -> TelemetrySettings {
+    let otlp_endpoint = raw.otlp_endpoint.as_ref().and_then(|text| match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() && url.username().is_empty() => {
+            Some(url)
+        }
+        _ => {
+            check.problem(
+                "telemetry.otlp_endpoint",
+                "must be the collector's OTLP/HTTP base URL, such as http://127.0.0.1:4318",
+            );
+            None
+        }
+    });
+    let service_name = raw.service_name.clone().unwrap_or_else(|| "token-broker".into());
+    if service_name.trim().is_empty() {
+        check.problem("telemetry.service_name", "must not be empty");
+    }
+    TelemetrySettings {
+        otlp_endpoint,
+        service_name,
+    }
+}
+
 impl raw::Settings {
     /// Every section, each by its own validator; the problems of all of them at once.
     fn validate(self, env: &Env) -> Result<Settings, Problems> {
@@ -190,8 +216,10 @@ impl raw::Settings {
             .public_tokens
             .as_ref()
             .and_then(|raw| public_tokens::validate(&mut check, raw, env, &authenticators));
+        let telemetry = telemetry(&mut check, &self.telemetry);
         if check.problems.is_empty() {
             Ok(Settings {
+                telemetry,
                 server,
                 cache,
                 upstreams,

@@ -22,6 +22,16 @@ pub struct Settings {
     #[serde(default)]
     pub grants: Vec<Grant>,
     pub public_tokens: Option<PublicTokens>,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,9 +10,11 @@ use serde::Deserialize;
 use super::error::{OAuthErrorCode, UpstreamError};
 use crate::outbound::{self, FetchError};
 use crate::scope::{join_scopes, parse_scope_param, ScopeSet};
+use crate::telemetry::traces;
 use crate::upstream::assertion;
 use crate::upstream::config::{AssertionAudience, ClientAuthMethod, Credential, Fingerprint, UpstreamSettings};
 use crate::upstream::endpoint::Target;
+use opentelemetry::trace::SpanKind;
 
 /// Token responses are small; anything larger is refused before it fills memory.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -129,16 +131,21 @@ impl TokenClient {
         }
         let body =
             serde_urlencoded::to_string(&form).map_err(|_| UpstreamError::InvalidResponse("request encoding"))?;
-        let response = request
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-
-        let status = response.status();
-        let retry_after = parse_retry_after(response.headers());
-        let body = read_capped(response).await?;
+        let exchange = async {
+            let mut trace_headers = HeaderMap::new();
+            traces::inject(&mut trace_headers);
+            let response = request
+                .headers(trace_headers)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            let status = response.status();
+            let retry_after = parse_retry_after(response.headers());
+            Ok::<_, UpstreamError>((status, retry_after, read_capped(response).await?))
+        };
+        let (status, retry_after, body) = traces::in_span("token endpoint", SpanKind::Client, exchange).await?;
 
         if status.is_success() {
             let token = parse_token_response(&body, self.default_ttl, fingerprint)?;

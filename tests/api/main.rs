@@ -31,4 +31,5 @@ mod resilience;
 mod rotation;
 mod structure;
 mod token_route;
+mod traces;
 mod upstream_exchange;
