@@ -57,6 +57,10 @@ fn assemble(settings: Settings, clock: SharedClock) -> std::io::Result<Broker> {
 /// issuer is unchanged, so a reload does not depend on the issuer being up). `Err` holds the
 /// problems, which stop start-up or the reload; `Ok` the remarks worth a warning.
 pub async fn discover(settings: &mut Settings, previous: Option<&AppState>) -> Result<Vec<Finding>, Vec<Finding>> {
+    let discovers = |u: &UpstreamSettings| matches!(u.endpoint, Endpoint::Discovered { .. });
+    if !settings.upstreams.values().any(discovers) {
+        return Ok(Vec::new());
+    }
     let http = TokenClient::http_client();
     // The running document is kept for the same issuer trusted under the same CAs.
     let known = |name: &str, wanted: &UpstreamSettings| {
