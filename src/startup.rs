@@ -104,9 +104,12 @@ pub fn apply_reload(broker: &Broker, settings: Settings) {
         || old.settings.server.admin_listen != settings.server.admin_listen
         || old.settings.server.workers != settings.server.workers
         || old.settings.cache.max_entries != settings.cache.max_entries
-        || old.settings.cache.redis != settings.cache.redis;
+        || old.settings.cache.redis != settings.cache.redis
+        || old.settings.telemetry != settings.telemetry;
     if needs_restart {
-        tracing::warn!("listen addresses, workers, cache.max_entries and cache.redis take effect only after a restart");
+        tracing::warn!(
+            "listen addresses, workers, cache.max_entries, cache.redis and [telemetry] take effect only after a restart"
+        );
     }
     broker.tokens.set_refresh_skew(settings.cache.refresh_skew);
     let state = build_state(settings, broker.clock(), &broker.http, &broker.metrics, Some(&old));

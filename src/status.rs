@@ -41,9 +41,17 @@ pub async fn run(admin: &str, token: Option<&str>, json: bool) -> u8 {
             return UNREACHABLE;
         }
     };
-    let empty = Vec::new();
-    let upstreams = upstreams.as_array().unwrap_or(&empty);
-    let tokens = tokens.as_array().unwrap_or(&empty);
+    let (Some(upstreams), Some(tokens)) = (upstreams.as_array(), tokens.as_array()) else {
+        eprintln!("token-broker status: {admin}: the answers are not the admin API's lists");
+        return UNREACHABLE;
+    };
+    if upstreams
+        .iter()
+        .any(|u| !u["failing"].is_boolean() || !u["upstream"].is_string())
+    {
+        eprintln!("token-broker status: {admin}: the answers are not the admin API's");
+        return UNREACHABLE;
+    }
     if json {
         println!("{}", serde_json::json!({ "upstreams": upstreams, "tokens": tokens }));
     } else {
@@ -64,7 +72,11 @@ fn unix_now() -> u64 {
 
 /// The two tables: upstreams, then cached tokens.
 pub fn render(upstreams: &[Value], tokens: &[Value], now: u64) -> String {
-    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_string(), str::to_string);
+    // What the server says goes to a terminal: no control characters (escape sequences).
+    let text = |v: &Value| {
+        v.as_str()
+            .map_or_else(|| "-".to_string(), |s| s.chars().filter(|c| !c.is_control()).collect())
+    };
     let mut rows = vec![[
         "UPSTREAM",
         "STATE",

@@ -1,7 +1,8 @@
 //! `GET /admin/`: a small self-contained page (no external assets, no framework) showing what
 //! `token-broker status` shows, refreshed every few seconds. The page itself holds no data, so it
 //! is served without the admin token; its script asks the admin API with the token the operator
-//! enters (kept in the tab's sessionStorage) and puts what it gets into the page as text only.
+//! types into it (kept in the tab's sessionStorage, never in the URL) and puts what it gets into
+//! the page as text only.
 //! A strict Content-Security-Policy allows exactly its own inline style and script (by hash) and
 //! requests to this listener.
 
@@ -11,6 +12,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+
+use crate::state::Broker;
 
 const TEMPLATE: &str = include_str!("admin_page/page.html");
 const STYLE: &str = include_str!("admin_page/page.css");
@@ -48,8 +51,11 @@ fn assembled() -> &'static (String, String) {
     })
 }
 
-async fn page() -> HttpResponse {
+/// The page says whether the admin API wants a token, so that its script asks for one first.
+async fn page(broker: web::Data<Broker>) -> HttpResponse {
     let (html, csp) = assembled();
+    let required = broker.state().settings.server.admin_token.is_some();
+    let html = html.replacen("{{AUTH}}", if required { "required" } else { "open" }, 1);
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CONTENT_SECURITY_POLICY, csp.as_str()))
@@ -57,5 +63,5 @@ async fn page() -> HttpResponse {
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .body(html.clone())
+        .body(html)
 }

@@ -26,8 +26,9 @@ pub struct TelemetrySettings {
     pub service_name: String,
 }
 
-/// How long spans wait in a batch before they are sent.
+/// How long spans wait in a batch before they are sent, and how long one export may take.
 const EXPORT_DELAY: Duration = Duration::from_secs(1);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A broker's tracer and the provider that exports its spans.
 pub struct Tracing {
@@ -52,7 +53,7 @@ impl Tracing {
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(traces_url)
-            .with_timeout(Duration::from_secs(10))
+            .with_timeout(EXPORT_TIMEOUT)
             .with_http_client(OnTokio {
                 http,
                 runtime: tokio::runtime::Handle::current(),
@@ -83,6 +84,8 @@ impl Tracing {
         trusted: bool,
         method: &str,
     ) -> Context {
+        // Only `traceparent` is taken: a caller's `tracestate` (unbounded, vendor data) is neither
+        // kept in spans nor passed on to the token endpoint or the API.
         let parent = if trusted {
             TraceContextPropagator::new().extract(&ActixHeaders(headers))
         } else {
@@ -143,13 +146,18 @@ pub fn inject(headers: &mut reqwest::header::HeaderMap) {
 
 struct ActixHeaders<'a>(&'a actix_web::http::header::HeaderMap);
 
+/// Reads `traceparent` only: a caller's `tracestate` (unbounded vendor data) is neither kept in
+/// spans nor passed on to the token endpoint or the API.
 impl Extractor for ActixHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
+        if !key.eq_ignore_ascii_case("traceparent") {
+            return None;
+        }
         self.0.get(key).and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+        vec!["traceparent"]
     }
 }
 
@@ -157,6 +165,9 @@ struct ReqwestHeaders<'a>(&'a mut reqwest::header::HeaderMap);
 
 impl Injector for ReqwestHeaders<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             reqwest::header::HeaderName::from_bytes(key.as_bytes()),
             reqwest::header::HeaderValue::from_str(&value),
@@ -180,7 +191,9 @@ impl opentelemetry_http::HttpClient for OnTokio {
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
     ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
-        let request = reqwest::Request::try_from(request)?;
+        let mut request = reqwest::Request::try_from(request)?;
+        // A collector that never answers must not hold the exporter (and so all later spans).
+        *request.timeout_mut() = Some(EXPORT_TIMEOUT);
         let http = self.http.clone();
         let (status, body) = self
             .runtime

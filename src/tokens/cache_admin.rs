@@ -56,11 +56,12 @@ impl TokenCache {
     /// here and in the shared tier (`None` there: no shared tier, or it did not answer).
     pub async fn evict(&self, upstream: &str) -> (usize, Option<usize>) {
         let here = self.entries.iter().filter(|(key, _)| key.upstream == upstream).count();
-        self.invalidate_upstream(upstream);
+        // The shared tier first, so a request in between cannot adopt the evicted token again.
         let shared = match &self.shared {
             Some(shared) => shared.evict(upstream).await,
             None => None,
         };
+        self.invalidate_upstream(upstream);
         (here, shared)
     }
 

@@ -30,6 +30,14 @@ use crate::tokens::config::{redact_url_password, RedisSettings};
 use crate::upstream::config::Fingerprint;
 
 const NONCE_LEN: usize = 12;
+/// How old an eviction message may be when it arrives.
+const EVICTION_MAX_AGE_MS: u64 = 60_000;
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Why the shared tier cannot be set up (start-up only: a Redis that is down is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +161,23 @@ impl SharedTier {
         format!("{}evictions", self.namespace)
     }
 
-    /// SCANs for the upstream's entries and deletes them, then announces the eviction.
+    /// SCANs for the upstream's entries and deletes them, then announces the eviction (also when
+    /// Redis failed part way, so the other replicas drop their copies anyway).
     async fn delete_upstream(&self, upstream: &str) -> Option<usize> {
         let tag = self.tag(upstream);
+        let deleted = self.delete_entries(&tag).await;
+        let _: Option<i64> = self
+            .run(
+                redis::cmd("PUBLISH")
+                    .arg(self.evictions_channel())
+                    .arg(self.signed_eviction(&tag, now_millis()))
+                    .clone(),
+            )
+            .await;
+        deleted
+    }
+
+    async fn delete_entries(&self, tag: &str) -> Option<usize> {
         let pattern = format!("{}token:{tag}:*", self.namespace);
         let mut cursor: u64 = 0;
         let mut deleted = 0;
@@ -176,28 +198,65 @@ impl SharedTier {
             }
             cursor = next;
         }
-        let _: Option<i64> = self
-            .run(redis::cmd("PUBLISH").arg(self.evictions_channel()).arg(&tag).clone())
-            .await;
         Some(deleted)
     }
 
-    /// Subscribes to the eviction channel, again after any loss of the connection.
+    /// An eviction message: the tag, the time, and an HMAC over both under the key that names
+    /// entries, so that only replicas holding the encryption key can evict (and only recently).
+    fn signed_eviction(&self, tag: &str, at_ms: u64) -> String {
+        let signed = format!("{tag}.{at_ms}");
+        let mac = ring::hmac::sign(
+            &self.name_key,
+            [b"eviction\0".as_slice(), signed.as_bytes()].concat().as_slice(),
+        );
+        format!("{signed}.{}", hex::encode(mac.as_ref()))
+    }
+
+    /// The tag of a genuine, recent eviction message; `None` for anything else.
+    fn verified_eviction(name_key: &ring::hmac::Key, message: &str, now_ms: u64) -> Option<String> {
+        let (signed, mac) = message.rsplit_once('.')?;
+        let (tag, at_ms) = signed.split_once('.')?;
+        let at_ms: u64 = at_ms.parse().ok()?;
+        let mac = hex::decode(mac).ok()?;
+        ring::hmac::verify(
+            name_key,
+            [b"eviction\0".as_slice(), signed.as_bytes()].concat().as_slice(),
+            &mac,
+        )
+        .ok()?;
+        (now_ms.abs_diff(at_ms) <= EVICTION_MAX_AGE_MS).then(|| tag.to_string())
+    }
+
+    /// Subscribes to the eviction channel, again after any loss of the connection. Messages that
+    /// are not signed with this deployment's key, or are old, are ignored; an upstream evicted
+    /// again within a second is not evicted twice.
     fn watch(
         &self,
         evicted: Box<dyn Fn(&str) + Send + Sync>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let client = self.client.clone();
         let channel = self.evictions_channel();
+        let name_key = self.name_key.clone();
         async move {
+            let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
             loop {
                 if let Ok(mut pubsub) = client.get_async_pubsub().await {
                     if pubsub.subscribe(&channel).await.is_ok() {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = messages.next().await {
-                            if let Ok(tag) = message.get_payload::<String>() {
-                                evicted(&tag);
+                            let Ok(payload) = message.get_payload::<String>() else {
+                                continue;
+                            };
+                            let now = now_millis();
+                            let Some(tag) = Self::verified_eviction(&name_key, &payload, now) else {
+                                continue;
+                            };
+                            if last.get(&tag).is_some_and(|at| now.saturating_sub(*at) < 1000) {
+                                continue;
                             }
+                            last.retain(|_, at| now.saturating_sub(*at) < 1000);
+                            last.insert(tag.clone(), now);
+                            evicted(&tag);
                         }
                     }
                 }
@@ -475,5 +534,20 @@ mod tests {
         let lock = tier.lock_key(&key(1, &["reports:read"]));
         assert!(lock.starts_with("tb:") && lock.contains(":lock:"), "{lock}");
         assert_ne!(lock, name.replace(":token:", ":lock:"), "one lock for every credential");
+    }
+
+    #[tokio::test]
+    async fn only_signed_recent_eviction_messages_are_believed() {
+        let tier = tier([7; 32]);
+        let now = 1_800_000_000_000;
+        let message = tier.signed_eviction("abcd", now);
+        let believe = |message: &str, at: u64| SharedTier::verified_eviction(&tier.name_key, message, at);
+        assert_eq!(believe(&message, now + 5_000).as_deref(), Some("abcd"));
+        assert_eq!(believe(&message, now + 61_000), None, "too old");
+        assert_eq!(believe("abcd", now), None, "unsigned");
+        assert_eq!(believe("junk", now), None);
+        assert_eq!(believe(&message.replacen("abcd", "abce", 1), now), None, "another tag");
+        let other = self::tier([8; 32]).signed_eviction("abcd", now);
+        assert_eq!(believe(&other, now), None, "another deployment's key");
     }
 }

@@ -184,6 +184,44 @@ async fn an_eviction_reaches_redis_and_the_other_replicas() {
     assert_eq!(listed[0]["source"], "redis", "{listed}");
     assert_eq!(upstream_calls(&upstream).await, 1);
 
+    // Someone with write access to Redis publishes the upstream's tag, read off an entry's name,
+    // on the eviction channel: not signed with the deployment's key, so nobody drops anything.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*token:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let tag = names[0].split(':').rev().nth(1).unwrap().to_string();
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("*evictions")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    for _ in 0..1000 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channels[0])
+            .arg(&tag)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, listed) = admin(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/admin/tokens", replicas[1].admin),
+    )
+    .await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "a forged eviction is ignored: {listed}"
+    );
+
     let (status, evicted) = admin(
         &http,
         reqwest::Method::DELETE,

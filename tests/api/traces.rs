@@ -145,6 +145,13 @@ async fn traceparent_is_continued_from_a_trusted_proxy_only() {
             .query(&[("scope", scope)])
             .header("X-API-Key", ALICE_KEY)
             .header("traceparent", &traceparent)
+            .header(
+                "tracestate",
+                (0..20)
+                    .map(|i| format!("k{i}={}", "x".repeat(200)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .send()
             .await
             .unwrap();
@@ -159,6 +166,10 @@ async fn traceparent_is_continued_from_a_trusted_proxy_only() {
             .to_str()
             .unwrap();
         let (trace_id, _) = parse_traceparent(sent);
+        assert!(
+            requests.last().unwrap().headers.get("tracestate").is_none(),
+            "a caller's tracestate is not passed on"
+        );
         if trusted {
             assert_eq!(hex::encode(&trace_id), caller_trace, "continued from the trusted proxy");
             let spans = spans_of(&receiver, &trace_id, 1).await;

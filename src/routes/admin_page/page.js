@@ -5,12 +5,6 @@ const KEY = "token-broker-admin-token";
 const POINTS = 60;
 const seen = new Map();
 
-const fragment = new URLSearchParams(location.hash.slice(1));
-if (fragment.get("token")) {
-  sessionStorage.setItem(KEY, fragment.get("token"));
-  // Out of the address bar (and so of bookmarks and screenshots).
-  window.history.replaceState(null, "", location.pathname);
-}
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -115,6 +109,12 @@ function renderTokens(tokens, now) {
 
 async function refresh() {
   const status = document.querySelector("#status");
+  // When the broker wants an admin token, ask for it before asking the API (a 401 helps nobody).
+  if (document.body.dataset.auth === "required" && !sessionStorage.getItem(KEY)) {
+    status.textContent = "enter the admin token";
+    status.className = "muted";
+    return;
+  }
   try {
     const [upstreams, tokens] = await Promise.all([get("/admin/upstreams"), get("/admin/tokens")]);
     const now = Math.floor(Date.now() / 1000);
