@@ -34,6 +34,7 @@ const REFRESH_JITTER: f64 = 0.05;
 /// Pause after a failed refresh-ahead: doubling from the base, capped.
 const REFRESH_RETRY_BASE: Duration = Duration::from_secs(1);
 const REFRESH_RETRY_CAP: Duration = Duration::from_secs(30);
+const REFRESH_RETRY_FLOOR: Duration = Duration::from_millis(250);
 /// How often a replica waiting for another's fetch looks in the shared tier.
 const SHARED_POLL: Duration = Duration::from_millis(25);
 /// A token reported as rejected is replaced at most once per key in max(this, a tenth of its
@@ -176,13 +177,19 @@ impl CachedToken {
         true
     }
 
+    /// The pause before the next try doubles from a second, but is never more than a quarter of
+    /// the served life left (nor less than [`REFRESH_RETRY_FLOOR`]): a few more tries fit before
+    /// the token runs out, so a flapping endpoint's healthy moments are found in time.
     fn refresh_failed(&self, now: Instant) {
         let mut state = self.refresh.lock();
         state.in_flight = false;
         state.failures += 1;
+        let left = self.serve_until.saturating_duration_since(now);
         let pause = REFRESH_RETRY_BASE
             .saturating_mul(1 << (state.failures - 1).min(16))
-            .min(REFRESH_RETRY_CAP);
+            .min(REFRESH_RETRY_CAP)
+            .min(left / 4)
+            .max(REFRESH_RETRY_FLOOR);
         state.not_before = later(now, pause);
     }
 
@@ -520,7 +527,7 @@ impl TokenCache {
                     Lock::Unavailable => {}
                 }
             }
-            match cache.fetch(&upstream, &key, Purpose::Serve).await {
+            match cache.fetch(&upstream, &key, Purpose::Refresh).await {
                 Ok(fresh) => {
                     if let Some(shared) = cache.shared.as_deref() {
                         cache.publish(shared, &key, &fresh).await;

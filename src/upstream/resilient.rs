@@ -129,8 +129,13 @@ pub struct UpstreamStatus {
 /// (which any entitled caller can ask for) can never take, so one caller cannot spend it for all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// A token for callers: a miss, or a refresh ahead of expiry.
+    /// A token for callers who have none: a miss.
     Serve,
+    /// A refresh ahead of expiry, while the current token still serves: one attempt, not held
+    /// back by an open circuit (each key's refreshes are paced by their own backoff, which
+    /// shortens as the served life runs out), and its failure does not count toward opening it.
+    /// So a flapping endpoint's healthy moments are used before tokens run out.
+    Refresh,
     /// A replacement for a token a caller reported as rejected.
     Replace,
 }
@@ -242,7 +247,9 @@ impl Upstream {
             Admission::Go { probe } => probe,
             Admission::Refuse(error) => return Err(error),
         };
-        let result = match tokio::time::timeout(self.settings.timeout, self.exchange_with_retries(scopes)).await {
+        let attempts = if purpose == Purpose::Refresh { 1 } else { MAX_ATTEMPTS };
+        let exchange = self.exchange_with_retries(scopes, attempts);
+        let result = match tokio::time::timeout(self.settings.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => {
                 // The attempt in flight was abandoned.
@@ -250,7 +257,7 @@ impl Upstream {
                 Err(UpstreamError::Timeout)
             }
         };
-        self.record(scopes, &result, probe);
+        self.record(scopes, &result, probe, purpose);
         result
     }
 
@@ -274,7 +281,7 @@ impl Upstream {
             });
         }
         let mut probe = false;
-        if let Some(until) = guard.open_until {
+        if let Some(until) = guard.open_until.filter(|_| purpose != Purpose::Refresh) {
             if now < until || self.probe_in_flight(&guard, now) {
                 let wait = until.saturating_duration_since(now).max(Duration::from_secs(1));
                 return Admission::Refuse(UpstreamError::CircuitOpen { retry_after: wait });
@@ -291,7 +298,7 @@ impl Upstream {
                 guard.fetches.pop_front();
             }
             let allowed = match purpose {
-                Purpose::Serve => limit as usize,
+                Purpose::Serve | Purpose::Refresh => limit as usize,
                 Purpose::Replace => replacement_share(limit),
             };
             if guard.fetches.len() >= allowed {
@@ -313,7 +320,7 @@ impl Upstream {
         Admission::Go { probe }
     }
 
-    fn record(&self, scopes: &ScopeSet, result: &Result<FetchedToken, UpstreamError>, probe: bool) {
+    fn record(&self, scopes: &ScopeSet, result: &Result<FetchedToken, UpstreamError>, probe: bool, purpose: Purpose) {
         let now = self.clock.now();
         let outcome = Outcome {
             outcome: result.as_ref().map_or_else(UpstreamError::outcome, |_| "success"),
@@ -355,6 +362,8 @@ impl Upstream {
                 let pause = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
                 guard.rate_limited_until = Some(later(now, pause));
             }
+            // A failed refresh ahead leaves callers served: it does not open the circuit.
+            Err(_) if purpose == Purpose::Refresh => {}
             Err(_) => {
                 guard.consecutive_failures += 1;
                 if probe || guard.consecutive_failures >= BREAKER_THRESHOLD {
@@ -378,12 +387,12 @@ impl Upstream {
     /// The exchange with the preferred credential; when the endpoint answers `invalid_client` and
     /// another credential is configured, one more with the next. The one that works is preferred
     /// from then on; after two refusals the one after them is tried first next time.
-    async fn exchange_with_retries(&self, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+    async fn exchange_with_retries(&self, scopes: &ScopeSet, attempts: u32) -> Result<FetchedToken, UpstreamError> {
         let count = self.credentials.len();
         let first = self.preferred.load(Ordering::Relaxed) % count.max(1);
         let mut index = first;
         loop {
-            let result = self.exchange_with(index, scopes).await;
+            let result = self.exchange_with(index, scopes, attempts).await;
             match &result {
                 Ok(_) => self.preferred.store(index, Ordering::Relaxed),
                 // A certificate the server refuses in the handshake often shows only as a lost
@@ -425,7 +434,12 @@ impl Upstream {
     }
 
     /// One exchange with credential `index`: connect errors and 5xx retried with backoff.
-    async fn exchange_with(&self, index: usize, scopes: &ScopeSet) -> Result<FetchedToken, UpstreamError> {
+    async fn exchange_with(
+        &self,
+        index: usize,
+        scopes: &ScopeSet,
+        attempts: u32,
+    ) -> Result<FetchedToken, UpstreamError> {
         let credential = (&self.settings.credentials[index], self.credentials[index]);
         let target = self.endpoint.target().ok_or(UpstreamError::Unreachable(
             "the issuer's metadata has not been fetched yet".into(),
@@ -439,7 +453,7 @@ impl Upstream {
             self.metrics
                 .upstream_request(self.name(), outcome, Some(started.elapsed()));
             match &result {
-                Err(UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }) if attempt < MAX_ATTEMPTS => {
+                Err(UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }) if attempt < attempts => {
                     let pause = rand::rng().random_range(Duration::ZERO..=retry_ceiling(attempt));
                     tracing::debug!(upstream = %self.settings.name, attempt, "retrying the token request");
                     tokio::time::sleep(pause).await;

@@ -300,7 +300,8 @@ async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
     app.clock.advance(Duration::from_secs(64));
     let body: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
     assert_eq!(body["access_token"], "token-1");
-    wait_for_calls(&upstream, 4).await;
+    // A refresh ahead makes one attempt (its retries come from its own, shortening backoff).
+    wait_for_calls(&upstream, 2).await;
 
     app.clock.advance(Duration::from_secs(10));
     let body: Value = app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap();
@@ -310,6 +311,78 @@ async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
     app.clock.advance(Duration::from_secs(2));
     let response = app.get_token(ALICE_KEY, "triumph", None).await;
     assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+}
+
+/// A token endpoint that issues tokens while `healthy` is set and answers 500 otherwise.
+struct Switch {
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokens: IssueTokens,
+}
+
+impl wiremock::Respond for Switch {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        if self.healthy.load(Ordering::SeqCst) {
+            self.tokens.respond(request)
+        } else {
+            ResponseTemplate::new(500)
+        }
+    }
+}
+
+/// Misses for other scopes open the circuit while an endpoint flaps; a token still in service is
+/// refreshed ahead all the same once the endpoint answers again (its refreshes are paced per key,
+/// not held back by the circuit), and its failed refreshes do not open the circuit themselves.
+#[tokio::test]
+async fn refresh_ahead_is_not_held_back_by_an_open_circuit() {
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let upstream = token_endpoint(Switch {
+        healthy: healthy.clone(),
+        tokens: IssueTokens::new(100),
+    })
+    .await;
+    let app = app_with(&upstream).await;
+    let read = |app: &TestApp| {
+        let app = app
+            .http
+            .get(app.token_url("triumph"))
+            .query(&[("scope", "reports:read")])
+            .header("X-API-Key", ALICE_KEY);
+        async move { app.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(read(&app).await["access_token"], "token-1");
+
+    // reports:read's token becomes due for its refresh ahead (at ~60 of 75 s); meanwhile misses
+    // for another scope set open the circuit.
+    app.clock.advance(Duration::from_secs(64));
+    healthy.store(false, Ordering::SeqCst);
+    for _ in 0..5 {
+        let response = app.get_token(ALICE_KEY, "triumph", Some("reports:write")).await;
+        assert_eq!(response.status(), 503);
+    }
+    let response = app.get_token(ALICE_KEY, "triumph", Some("reports:write")).await;
+    assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+    assert_eq!(app.upstream_status("triumph", None).await["breaker"], "open");
+
+    // The endpoint is back; the circuit is still open (the manual clock stands still).
+    healthy.store(true, Ordering::SeqCst);
+    assert_eq!(read(&app).await["access_token"], "token-1", "answered at once");
+    let mut refreshed = false;
+    for _ in 0..100 {
+        if read(&app).await["access_token"] == "token-2" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refreshed,
+        "the refresh went through the open circuit and swapped the token in"
+    );
+    assert_eq!(
+        app.upstream_status("triumph", None).await["breaker"],
+        "closed",
+        "and its success closed it"
+    );
 }
 
 #[tokio::test]
