@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port};
+use support::{free_port, wait_for_port, Killed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -179,7 +179,25 @@ upstreams = {{ soak = [{scopes}] }}
         hash = token_broker::identity::hash_key(API_KEY),
     );
     let dir = tempfile::tempdir().unwrap();
-    let _broker = broker(dir.path(), "soak", &config, port, "warn");
+    // The broker's warnings (failed refreshes, failed exchanges) go to target/soak-broker.log.
+    let path = dir.path().join("soak.toml");
+    std::fs::write(&path, &config).unwrap();
+    let log = std::fs::File::create(concat!(env!("CARGO_MANIFEST_DIR"), "/target/soak-broker.log")).unwrap();
+    let _broker = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_token-broker"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    println!(
+        "(started {:.1} s after the stand-in; its phases are counted from then)",
+        started.elapsed().as_secs_f64()
+    );
 
     let client = reqwest::Client::new();
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
