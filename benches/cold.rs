@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port, stand_in};
+use support::{broker, free_port, one_upstream_config, stand_in};
 
 const KEYS: usize = 1000;
 const API_KEY: &str = "cold-key";
@@ -30,32 +30,8 @@ async fn main() {
     let (token_url, _handle) = stand_in(issued, 3600, Duration::ZERO);
     let port = free_port();
     let admin = free_port();
-    let scopes: Vec<String> = (0..KEYS).map(|k| format!("\"s{k}\"")).collect();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-workers = 1
-rate_limit_per_second = 0
-
-[upstreams.cold]
-token_url = "{token_url}"
-client_id = "cold"
-client_secret = "cold-secret"
-scopes = [{scopes}]
-
-[[authenticators]]
-type = "api_key"
-keys = [{{ id = "cold", hash = "{hash}", subject = "cold" }}]
-
-[[grants]]
-subjects = ["cold"]
-upstreams = {{ cold = [{scopes}] }}
-"#,
-        scopes = scopes.join(", "),
-        hash = token_broker::identity::hash_key(API_KEY),
-    );
+    let scopes: Vec<String> = (0..KEYS).map(|k| format!("s{k}")).collect();
+    let config = one_upstream_config((port, admin), "cold", &token_url, &scopes, API_KEY, ("", ""));
     let dir = tempfile::tempdir().unwrap();
     let _broker = broker(dir.path(), "cold", &config, port, "info");
     let http = reqwest::Client::new();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port, stand_in, wait_for_port, Killed};
+use support::{broker, free_port, one_upstream_config, stand_in, wait_for_port, Killed};
 
 const LIFETIME_SECS: u64 = 8;
 const RUN: Duration = Duration::from_secs(24);
@@ -26,30 +26,7 @@ fn replica(dir: &std::path::Path, token_url: &str, redis: Option<&str>, n: usize
             )
         })
         .unwrap_or_default();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-workers = 1
-rate_limit_per_second = 0
-
-{redis}
-[upstreams.bench]
-token_url = "{token_url}"
-client_id = "bench"
-client_secret = "bench-secret"
-
-[[authenticators]]
-type = "api_key"
-keys = [{{ id = "bench", hash = "{hash}", subject = "bench" }}]
-
-[[grants]]
-subjects = ["bench"]
-upstreams = {{ bench = [] }}
-"#,
-        hash = token_broker::identity::hash_key(KEY),
-    );
+    let config = one_upstream_config((port, admin), "bench", token_url, &[], KEY, (&redis, ""));
     let child = broker(dir, &format!("replica-{n}"), &config, port, "warn");
     (child, format!("http://127.0.0.1:{port}/v1/token/bench"))
 }

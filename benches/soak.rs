@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{free_port, wait_for_port, Killed};
+use support::{free_port, one_upstream_config, wait_for_port, Killed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -151,32 +151,14 @@ async fn main() {
     let token_url = flapping_endpoint(started, counts.clone()).await;
     let port = free_port();
     let admin = free_port();
-    let scopes: Vec<String> = (1..=KEYS).map(|k| format!("\"s{k}\"")).collect();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-workers = 1
-rate_limit_per_second = 0
-
-[upstreams.soak]
-token_url = "{token_url}"
-client_id = "soak"
-client_secret = "soak-secret"
-scopes = [{scopes}]
-timeout = "2s"
-
-[[authenticators]]
-type = "api_key"
-keys = [{{ id = "soak", hash = "{hash}", subject = "soak" }}]
-
-[[grants]]
-subjects = ["soak"]
-upstreams = {{ soak = [{scopes}] }}
-"#,
-        scopes = scopes.join(", "),
-        hash = token_broker::identity::hash_key(API_KEY),
+    let scopes: Vec<String> = (1..=KEYS).map(|k| format!("s{k}")).collect();
+    let config = one_upstream_config(
+        (port, admin),
+        "soak",
+        &token_url,
+        &scopes,
+        API_KEY,
+        ("", "timeout = \"2s\""),
     );
     let dir = tempfile::tempdir().unwrap();
     // The broker's warnings (failed refreshes, failed exchanges) go to target/soak-broker.log.

@@ -69,6 +69,51 @@ pub fn stand_in(
     (format!("http://127.0.0.1:{port}/token"), handle)
 }
 
+/// A one-worker broker on `port`/`admin` with rate limits off: upstream `name` at `token_url`
+/// (client id `name`, secret `<name>-secret`) offering `scopes`, all granted to the subject of
+/// `api_key`. `sections` go before the upstream (such as `[cache.redis]`); `upstream_lines` into
+/// its table (such as `timeout`).
+pub fn one_upstream_config(
+    (port, admin): (u16, u16),
+    name: &str,
+    token_url: &str,
+    scopes: &[String],
+    api_key: &str,
+    (sections, upstream_lines): (&str, &str),
+) -> String {
+    let scopes = scopes
+        .iter()
+        .map(|scope| format!("\"{scope}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+workers = 1
+rate_limit_per_second = 0
+
+{sections}
+[upstreams.{name}]
+token_url = "{token_url}"
+client_id = "{name}"
+client_secret = "{name}-secret"
+scopes = [{scopes}]
+{upstream_lines}
+
+[[authenticators]]
+type = "api_key"
+keys = [{{ id = "{name}", hash = "{hash}", subject = "{name}" }}]
+
+[[grants]]
+subjects = ["{name}"]
+upstreams = {{ {name} = [{scopes}] }}
+"#,
+        hash = token_broker::identity::hash_key(api_key),
+    )
+}
+
 /// Starts the broker binary on `config` (written to `dir`), quietly, and waits for its port.
 pub fn broker(dir: &std::path::Path, name: &str, config: &str, port: u16, log: &str) -> Killed {
     let path = dir.join(format!("{name}.toml"));

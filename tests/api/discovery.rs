@@ -47,6 +47,15 @@ async fn serve_metadata_once(server: &MockServer, at: &str, issuer: &str) {
         .await;
 }
 
+/// Issues 600 s tokens (`token-1`, …) at `at`.
+async fn issue_tokens_at(server: &MockServer, at: &str) {
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(IssueTokens::new(600))
+        .mount(server)
+        .await;
+}
+
 async fn requests_to(server: &MockServer, at: &str) -> usize {
     let requests = server.received_requests().await.unwrap_or_default();
     requests.iter().filter(|r| r.url.path() == at).count()
@@ -108,11 +117,7 @@ async fn the_issuer_going_down_after_start_up_changes_nothing() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&server)
-        .await;
+    issue_tokens_at(&server, "/token").await;
     let app = TestApp::spawn(&issuer_config(&issuer)).await;
     let token = |expected: &'static str| {
         let app = &app;
@@ -259,11 +264,7 @@ async fn a_refresh_that_moves_the_token_endpoint_to_another_host_is_not_followed
         )
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(IssueTokens::new(600))
-        .mount(&server)
-        .await;
+    issue_tokens_at(&server, "/token").await;
     let app = TestApp::spawn(&issuer_config(&issuer)).await;
     assert_eq!(app.get_token(ALICE_KEY, "triumph", None).await.status(), 200);
     app.clock.advance(Duration::from_secs(25 * 3600));
