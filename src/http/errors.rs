@@ -95,6 +95,7 @@ impl ApiError {
             Self::Internal(_) => ("internal_error", "the broker could not complete the answer".into()),
             Self::Api(ForwardError::Timeout) => ("upstream_timeout", "the API did not answer in time".into()),
             Self::Api(ForwardError::Unreachable(_)) => ("upstream_error", "the API could not be reached".into()),
+            Self::Api(ForwardError::Broken(_)) => ("upstream_error", "the API's answer broke off".into()),
             Self::Api(ForwardError::Informational(_)) => (
                 "upstream_error",
                 "the API answered with a status a request cannot end on".into(),
@@ -164,9 +165,12 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Api(ForwardError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Api(ForwardError::Unreachable(_) | ForwardError::WebSocket(_) | ForwardError::Informational(_)) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Api(
+                ForwardError::Unreachable(_)
+                | ForwardError::Broken(_)
+                | ForwardError::WebSocket(_)
+                | ForwardError::Informational(_),
+            ) => StatusCode::BAD_GATEWAY,
             Self::ProxyMethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream(error) => match error.as_ref() {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,

@@ -15,7 +15,9 @@ use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Future, Stream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
 use secrecy::ExposeSecret;
 
 use crate::http::errors::ApiError;
@@ -23,7 +25,7 @@ use crate::http::observe::{ClientAddress, RequestId};
 use crate::policy::Denied;
 use crate::proxy::config::ProxySettings;
 use crate::proxy::forward::ForwardError;
-use crate::proxy::forward::{connection_names, list_items, returned, Body, Caller};
+use crate::proxy::forward::{connection_names, list_items, returned, Answer, Body, Caller};
 use crate::proxy::path::ProxyPath;
 use crate::proxy::websocket;
 use crate::routes::common::{authenticate_as, CrossSiteCheck};
@@ -78,13 +80,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         broker.tokens.get(upstream, &entitlement.scopes),
     ))
     .await?;
-    let mut url = settings.url.clone();
-    url.set_path(&format!(
-        "{}{}",
-        settings.url.path().trim_end_matches('/'),
-        path.as_str()
-    ));
-    url.set_query(req.uri().query());
+    let target = target_of(settings, &path, req.uri().query());
     let request_id = RequestId::with(&req, str::to_string);
     let caller = Caller {
         ip: ClientAddress::of(&req),
@@ -93,6 +89,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     };
     if websocket {
         let token = served.token.access_token.expose_secret();
+        let url = url::Url::parse(&target).map_err(|_| ApiError::AccessDenied(Denied::PathNotAllowed))?;
         return Box::pin(open_websocket(&req, payload, url, &caller, token, settings))
             .await
             .inspect(|_| {
@@ -111,8 +108,9 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         bytes_in,
     ))
     .await?;
+    let uri = http::Uri::try_from(target).map_err(|_| ApiError::AccessDenied(Denied::PathNotAllowed))?;
     let send = |token: String, body: Body| {
-        let url = url.clone();
+        let uri = uri.clone();
         let caller = &caller;
         let req = &req;
         let csrf = state.settings.server.csrf_header.clone();
@@ -121,7 +119,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             forwarder
                 .send(
                     req.method(),
-                    url,
+                    uri,
                     req.headers(),
                     &csrf,
                     caller,
@@ -139,8 +137,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     let mut answer = Box::pin(send(token.clone(), body)).await;
     // The API refused the token: replace it once (as a report would) and send again, when the body
     // can be sent again.
-    if let (Ok(response), Some(body)) = (&answer, replay) {
-        if response.status() == 401 {
+    if let (Ok(first), Some(body)) = (&answer, replay) {
+        if first.response.status() == 401 {
             if let Some(fresh) = Box::pin(replacement(
                 &broker,
                 upstream,
@@ -162,10 +160,29 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             ApiError::Api(error)
         }
     })?;
-    let status = response.status().as_u16();
+    let status = response.response.status().as_u16();
     upstream.proxy_metrics.answered(status, started.elapsed());
     audit(&req, &identity, name, &path, status, &served.token.fingerprint);
     Box::pin(answer_of(response, upstream)).await
+}
+
+/// The API's URL for `path` (checked) and the caller's query: the configured base, its own query
+/// and fragment left out.
+fn target_of(settings: &ProxySettings, path: &ProxyPath, query: Option<&str>) -> String {
+    let origin = &settings.url[..url::Position::BeforePath];
+    let base = settings.url.path().trim_end_matches('/');
+    let mut target = String::with_capacity(origin.len() + base.len() + path.as_str().len() + 64);
+    target.push_str(origin);
+    target.push_str(base);
+    target.push_str(path.as_str());
+    if target.len() == origin.len() {
+        target.push('/');
+    }
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
 }
 
 /// The audit line of a proxied request (a WebSocket's has status 101).
@@ -344,12 +361,14 @@ async fn replacement(
 
 /// The API's answer as the browser gets it: its status, its headers but those never returned, and
 /// its body: read whole when it is small (no streaming machinery for a short JSON answer), else
-/// streamed through. Either way counted for the metrics.
-async fn answer_of(response: reqwest::Response, upstream: &Upstream) -> Result<HttpResponse, ApiError> {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+/// streamed through. Either way counted for the metrics, and cut off at the exchange's deadline.
+async fn answer_of(answer: Answer, upstream: &Upstream) -> Result<HttpResponse, ApiError> {
+    let Answer { response, deadline } = answer;
+    let (head, body) = response.into_parts();
+    let status = StatusCode::from_u16(head.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut answer = HttpResponse::build(status);
-    let connection = connection_names(response.headers());
-    for (name, value) in response.headers() {
+    let connection = connection_names(&head.headers);
+    for (name, value) in &head.headers {
         if returned(name, &connection) {
             if let Ok(value) = actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()) {
                 answer.append_header((name.as_str(), value));
@@ -357,28 +376,65 @@ async fn answer_of(response: reqwest::Response, upstream: &Upstream) -> Result<H
         }
     }
     let counter = upstream.proxy_metrics.bytes_out.clone();
-    match response.content_length() {
+    let length = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
         Some(length) if length <= REPLAYABLE_BODY_BYTES => {
-            let body = response.bytes().await.map_err(|error| {
-                ApiError::Api(if error.is_timeout() {
-                    ForwardError::Timeout
-                } else {
-                    ForwardError::Unreachable(error)
-                })
-            })?;
+            let body = tokio::time::timeout_at(deadline, body.collect())
+                .await
+                .map_err(|_| ApiError::Api(ForwardError::Timeout))?
+                .map_err(|error| ApiError::Api(ForwardError::Broken(error)))?
+                .to_bytes();
             counter.inc_by(body.len() as u64);
             Ok(answer.body(body))
         }
         length => {
-            let body = response.bytes_stream().inspect(move |chunk| {
-                if let Ok(bytes) = chunk {
-                    counter.inc_by(bytes.len() as u64);
-                }
-            });
+            let body = Relay {
+                body,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                counter,
+            };
             Ok(match length {
                 Some(length) => answer.body(SizedStream::new(length, body)),
                 None => answer.body(BodyStream::new(body)),
             })
+        }
+    }
+}
+
+/// The API's body as it arrives, counted, and ended with an error at the exchange's deadline
+/// (the browser's connection is then closed: its answer is incomplete).
+struct Relay {
+    body: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not passed on.
+                    if let Ok(data) = frame.into_data() {
+                        self.counter.inc_by(data.len() as u64);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(std::io::Error::other(error)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    return match self.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other(ForwardError::Timeout)))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
         }
     }
 }
