@@ -170,8 +170,10 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         match self {
             Self::ApiKey(a) => a.authenticate(headers),
-            Self::Jwt(a) => a.authenticate(headers, gate).await,
-            Self::Forward(a) => a.authenticate(headers, gate).await,
+            // Boxed: inlined, their key fetches and session calls would make every caller's
+            // future (an API key's too) as large as an HTTP exchange.
+            Self::Jwt(a) => Box::pin(a.authenticate(headers, gate)).await,
+            Self::Forward(a) => Box::pin(a.authenticate(headers, gate)).await,
             Self::PublicToken(a) => a.authenticate(headers, gate),
         }
     }

@@ -59,9 +59,10 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     } else {
         CrossSiteCheck::CsrfHeader
     };
-    // The sub-futures are boxed: inlined, they made this handler's future so large that moving it
-    // into actix's box copied tens of kilobytes per request.
-    let identity = Box::pin(authenticate_as(&req, &state, check)).await?;
+    // Sub-futures that hold a whole exchange with another server (authentication's key fetches
+    // and session calls, a token fetch) are boxed where they start, so this handler's future
+    // stays small: actix moves it into a box of its own on every request.
+    let identity = authenticate_as(&req, &state, check).await?;
     let name = req.match_info().get("upstream").unwrap_or_default();
     let upstream = state.upstreams.get(name).ok_or(ApiError::UnknownUpstream)?;
     let settings = upstream.settings.proxy.as_ref().ok_or(ApiError::UnknownUpstream)?;
@@ -74,11 +75,11 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         return Err(ApiError::AccessDenied(Denied::PathNotAllowed));
     }
     let entitlement = state.policy.entitle(&identity, name, settings.scopes.clone())?;
-    let served = Box::pin(traces::in_span(
+    let served = traces::in_span(
         "cache",
         SpanKind::Internal,
         broker.tokens.get(upstream, &entitlement.scopes),
-    ))
+    )
     .await?;
     let target = target_of(settings, &path, req.uri().query());
     let request_id = RequestId::with(&req, str::to_string);
@@ -99,15 +100,19 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     }
     let too_large = Arc::new(AtomicBool::new(false));
     let bytes_in = upstream.proxy_metrics.bytes_in.clone();
-    let body = Box::pin(request_body(
-        &req,
-        payload,
-        settings.max_body_bytes,
-        settings.timeout,
-        too_large.clone(),
-        bytes_in,
-    ))
-    .await?;
+    let body = if has_no_body(&req) {
+        Body::Empty
+    } else {
+        Box::pin(request_body(
+            &req,
+            payload,
+            settings.max_body_bytes,
+            settings.timeout,
+            too_large.clone(),
+            bytes_in,
+        ))
+        .await?
+    };
     let uri = http::Uri::try_from(target).map_err(|_| ApiError::AccessDenied(Denied::PathNotAllowed))?;
     let send = |token: String, body: Body| {
         let uri = uri.clone();
@@ -134,7 +139,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     let started = Instant::now();
     let replay = body.replay();
     let token = served.token.access_token.expose_secret().to_string();
-    let mut answer = Box::pin(send(token.clone(), body)).await;
+    let mut answer = send(token.clone(), body).await;
     // The API refused the token: replace it once (as a report would) and send again, when the body
     // can be sent again.
     if let (Ok(first), Some(body)) = (&answer, replay) {
@@ -163,7 +168,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     let status = response.response.status().as_u16();
     upstream.proxy_metrics.answered(status, started.elapsed());
     audit(&req, &identity, name, &path, status, &served.token.fingerprint);
-    Box::pin(answer_of(response, upstream)).await
+    answer_of(response, upstream).await
 }
 
 /// The API's URL for `path` (checked) and the caller's query: the configured base, its own query
@@ -254,6 +259,15 @@ fn proxied_path(req: &HttpRequest) -> Option<ProxyPath> {
     let raw = req.uri().path().strip_prefix("/v1/proxy/")?;
     let tail = raw.find('/').map_or("", |at| &raw[at..]);
     ProxyPath::parse(tail).ok()
+}
+
+/// A request that declares no body (no `Content-Length`, or 0, and not chunked).
+fn has_no_body(req: &HttpRequest) -> bool {
+    let declared = req.headers().get(CONTENT_LENGTH).map(|v| v.as_bytes());
+    match declared {
+        None => !req.headers().contains_key(TRANSFER_ENCODING),
+        Some(length) => length == b"0",
+    }
 }
 
 /// The body to forward: none, read whole when small enough to send twice, else streamed through

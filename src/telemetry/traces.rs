@@ -10,7 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use opentelemetry::context::FutureExt as _;
+use futures_util::future::Either;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -120,17 +121,18 @@ pub fn finish_request(cx: &Context, method: &str, route: &str, status: u16) {
 }
 
 /// Runs `work` inside a child span `name` of the current request's span; without one (telemetry
-/// off, or work outside a request) it just runs `work`.
-pub async fn in_span<F: Future>(name: &'static str, kind: SpanKind, work: F) -> F::Output {
+/// off, or work outside a request) it is `work` itself. Not an `async fn`: that would hold `work`
+/// twice (as given and inside the span's wrapper) and copy it on every call.
+pub fn in_span<F: Future>(name: &'static str, kind: SpanKind, work: F) -> Either<F, WithContext<F>> {
     let parent = Context::current();
     match parent.get::<ActiveTracer>() {
-        None => work.await,
+        None => Either::Left(work),
         Some(ActiveTracer(tracer)) => {
             let span = tracer
                 .span_builder(name)
                 .with_kind(kind)
                 .start_with_context(tracer, &parent);
-            work.with_context(parent.with_span(span)).await
+            Either::Right(work.with_context(parent.with_span(span)))
         }
     }
 }

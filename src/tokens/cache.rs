@@ -320,6 +320,13 @@ impl TokenCache {
                 return Ok(self.serve(upstream, key, token, now, true));
             }
         }
+        // Boxed: inlined, the fetch's state would make every caller's future (the hot path's too)
+        // as large as the whole exchange with the token endpoint.
+        Box::pin(self.get_cold(upstream, key)).await
+    }
+
+    /// [`Self::get`] past the hot path: the token is stale or missing.
+    async fn get_cold(&self, upstream: &Arc<Upstream>, key: CacheKey) -> Result<Served, Arc<UpstreamError>> {
         // Two rounds at most: a stale entry is dropped once, then a fresh token is fetched.
         for _ in 0..2 {
             let fetched_here = AtomicBool::new(false);
