@@ -10,19 +10,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port, one_upstream_config, stand_in};
+use support::{broker, free_port, one_upstream_config, p50_p99, stand_in};
 
 const KEYS: usize = 1000;
 const API_KEY: &str = "cold-key";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn summary(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (percentile(&values, 0.50), percentile(&values, 0.99))
-}
 
 #[tokio::main]
 async fn main() {
@@ -86,9 +77,9 @@ async fn main() {
         through.push(started.elapsed().as_secs_f64() * 1e6);
     }
     let overhead: Vec<f64> = through.iter().zip(&direct).map(|(t, d)| t - d).collect();
-    let (d50, d99) = summary(direct);
-    let (t50, t99) = summary(through);
-    let (o50, o99) = summary(overhead);
+    let (d50, d99) = p50_p99(direct);
+    let (t50, t99) = p50_p99(through);
+    let (o50, o99) = p50_p99(overhead);
     println!(
         "cold path: {} distinct keys asked one after another, the broker (1 worker, logging at info) and its token endpoint (answering at once) on loopback",
         KEYS - 1

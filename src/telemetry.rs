@@ -146,9 +146,20 @@ struct JsonFields<'a> {
 
 impl JsonFields<'_> {
     fn key(&mut self, field: &Field) {
-        self.line.push(',');
-        push_json_string(self.line, field.name());
-        self.line.push(':');
+        let name = field.name();
+        // Names are identifiers (sometimes dotted): copied as they are; anything else is escaped.
+        if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            self.line.push_str(",\"");
+            self.line.push_str(name);
+            self.line.push_str("\":");
+        } else {
+            self.line.push(',');
+            push_json_string(self.line, name);
+            self.line.push(':');
+        }
     }
 }
 
@@ -165,12 +176,12 @@ impl Visit for JsonFields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -265,7 +276,7 @@ mod tests {
                 .with_writer(move || writer.clone()),
         );
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(target: "token_broker::audit", subject = %"a\"b\\c\nd\u{1}", upstream = "triumph", cache_hit = true, n = 3u64, d = -2i64, ms = 1.5f64, "token served");
+            tracing::info!(target: "token_broker::audit", subject = %"a\"b\\c\nd\u{1}", upstream = "triumph", cache_hit = true, n = 3u64, d = -2i64, ms = 1.5f64, "odd \"name\"" = 4u64, "token served");
             tracing::warn!("second");
         });
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
@@ -281,6 +292,7 @@ mod tests {
         assert_eq!(first["n"], 3);
         assert_eq!(first["d"], -2);
         assert_eq!(first["ms"], 1.5);
+        assert_eq!(first["odd \"name\""], 4);
         assert!(OffsetDateTime::parse(
             first["timestamp"].as_str().unwrap(),
             &time::format_description::well_known::Rfc3339

@@ -211,6 +211,13 @@ pub fn wrk(url: &str, headers: &[String], server: u32) -> Figures {
     figures
 }
 
+/// The 50th and 99th percentiles (nearest rank) of `values`.
+pub fn p50_p99(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]

@@ -13,6 +13,8 @@ use crate::scope::ScopeSet;
 pub struct ProxySettings {
     /// The API's base; the path after `/v1/proxy/<name>` is appended to it.
     pub url: Url,
+    /// `Host` for the API: the base's host, and its port when not the scheme's default.
+    pub host: http::HeaderValue,
     /// Allowed methods; anything else is 405.
     pub methods: Vec<Method>,
     /// Allowed paths after normalisation; anything else is 403.
@@ -23,4 +25,16 @@ pub struct ProxySettings {
     pub timeout: Duration,
     /// Longest request body forwarded.
     pub max_body_bytes: u64,
+}
+
+impl ProxySettings {
+    /// The `Host` header for requests to `url`.
+    pub fn host_of(url: &Url) -> http::HeaderValue {
+        let host = url.host_str().unwrap_or_default();
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        http::HeaderValue::from_str(&host).unwrap_or(http::HeaderValue::from_static("localhost"))
+    }
 }

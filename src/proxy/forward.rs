@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderMap as InHeaders, HeaderName as InName};
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -174,7 +174,9 @@ impl Forwarder {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
+        // `Host` is set from the upstream's settings, computed once rather than per request.
         let http = Client::builder(TokioExecutor::new())
+            .set_host(false)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
             .build(https);
@@ -187,7 +189,7 @@ impl Forwarder {
     pub async fn send(
         &self,
         method: &actix_web::http::Method,
-        uri: http::Uri,
+        (uri, host): (http::Uri, &HeaderValue),
         incoming: &InHeaders,
         csrf_header: &InName,
         caller: &Caller<'_>,
@@ -198,6 +200,7 @@ impl Forwarder {
         let deadline = Instant::now() + timeout;
         let method = http::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(http::Method::GET);
         let mut headers = request_headers(incoming, csrf_header);
+        headers.insert(HOST, host.clone());
         if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
             headers.insert(AUTHORIZATION, value);
         }

@@ -124,7 +124,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             forwarder
                 .send(
                     req.method(),
-                    uri,
+                    (uri, &settings.host),
                     req.headers(),
                     &csrf,
                     caller,

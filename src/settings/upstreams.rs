@@ -392,8 +392,10 @@ fn validate_proxy(
     });
     let timeout = check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(30));
     let max_body_bytes = raw.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    let url = url?;
     Some(ProxySettings {
-        url: url?,
+        host: ProxySettings::host_of(&url),
+        url,
         methods,
         paths,
         scopes,

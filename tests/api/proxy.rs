@@ -108,6 +108,9 @@ async fn a_proxied_request_carries_the_token_and_none_of_the_callers_credentials
     assert_eq!(header_of(received, "x-forwarded-proto"), Some("http"));
     assert_eq!(header_of(received, "x-request-id"), Some(request_id.as_str()));
     assert_eq!(header_of(received, "accept"), Some("application/json"));
+    // The API is addressed by its own name, not the broker's.
+    let api_host = s.api.uri().trim_start_matches("http://").to_string();
+    assert_eq!(header_of(received, "host"), Some(api_host.as_str()));
     // The broker states who called, in both forms; what the caller claimed is gone.
     assert_eq!(header_of(received, "forwarded"), Some("for=127.0.0.1;proto=http"));
     for name in [
