@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::{broker, free_port, median, nginx, stand_in, worker_of, wrk, Figures};
+use support::{broker, free_port, nginx, print_table, rss_kib, stand_in, workers, workers_of, wrk, Figures};
 
 const API_KEY: &str = "bench-api-key";
 use support::{CONNECTIONS, ROUND, ROUNDS};
@@ -75,7 +75,7 @@ fn broker_config(port: u16, admin: u16, token_url: &str, issuer: &str) -> String
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
-workers = 1
+workers = {workers}
 # One identity drives the whole load: the limit stays on (its cost is measured) but never bites.
 rate_limit_per_second = 1000000
 rate_limit_burst = 1000000
@@ -106,16 +106,8 @@ subjects = ["*"]
 upstreams = {{ bench = ["reports:read"] }}
 "#,
         hash = token_broker::identity::hash_key(API_KEY),
+        workers = workers(),
     )
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -177,22 +169,22 @@ async fn main() {
     );
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/v1/token/bench");
     // The process whose CPU time each case is charged: nginx's one worker, the broker itself.
-    let nginx_worker = worker_of(&nginx_process);
-    let broker_pid = broker_process.0.id();
+    let nginx_workers = workers_of(&nginx_process);
+    let broker_pid = vec![broker_process.0.id()];
 
-    let cases: Vec<(&str, String, Vec<String>, u32)> = vec![
-        ("nginx static", nginx_url.clone(), vec![], nginx_worker),
+    let cases: Vec<(&str, String, Vec<String>, Vec<u32>)> = vec![
+        ("nginx static", nginx_url.clone(), vec![], nginx_workers),
         (
             "API key",
             url.clone(),
             vec![format!("X-API-Key: {API_KEY}")],
-            broker_pid,
+            broker_pid.clone(),
         ),
         (
             "JWT (id_token)",
             url.clone(),
             vec![format!("Authorization: Bearer {jwt}")],
-            broker_pid,
+            broker_pid.clone(),
         ),
         (
             "forward-auth cookie",
@@ -208,26 +200,16 @@ async fn main() {
     // Interleaved rounds, so drift in the machine's speed hits every case alike.
     for _ in 0..ROUNDS {
         for (i, (_, url, headers, server)) in cases.iter().enumerate() {
-            runs[i].push(wrk(url, headers, *server));
+            runs[i].push(wrk(url, headers, server));
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "warm paths: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians), broker and nginx with 1 worker each, {cores} cores, broker logging at info"
+        "warm paths: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians), broker and nginx with {} worker(s) each, {cores} cores, broker logging at info",
+        workers()
     );
-    println!("| case | requests/s | p50 | p99 | vs nginx | server CPU per request |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let nginx_rps = median(runs[0].iter().map(|f| f.rps).collect());
-    for (i, (name, ..)) in cases.iter().enumerate() {
-        let rps = median(runs[i].iter().map(|f| f.rps).collect());
-        let p50 = median(runs[i].iter().map(|f| f.p50_ms).collect());
-        let p99 = median(runs[i].iter().map(|f| f.p99_ms).collect());
-        let cpu = median(runs[i].iter().map(|f| f.cpu_us).collect());
-        println!(
-            "| {name} | {rps:.0} | {p50:.2} ms | {p99:.2} ms | {:.2}× | {cpu:.1} µs |",
-            rps / nginx_rps
-        );
-    }
+    let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    print_table(&names, &runs, 0, "nginx", "server");
 
     // Memory: 10,000 distinct JWT users, each verified once, then held in the verified-token cache.
     let tokens: Vec<String> = (0..10_000).map(|n| id_token(&issuer, &format!("user-{n}"))).collect();

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port, median, nginx, p50_p99, stand_in, worker_of, wrk, Figures};
+use support::{broker, free_port, median, nginx, p50_p99, print_table, stand_in, workers, workers_of, wrk, Figures};
 use support::{CONNECTIONS, ROUND, ROUNDS};
 
 const API_KEY: &str = "bench-api-key";
@@ -68,7 +68,7 @@ async fn main() {
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
-workers = 1
+workers = {workers}
 rate_limit_per_second = 0
 
 [upstreams.bench]
@@ -90,6 +90,7 @@ subjects = ["*"]
 upstreams = {{ bench = ["api:read"] }}
 "#,
         hash = token_broker::identity::hash_key(API_KEY),
+        workers = workers(),
     );
     let broker_process = broker(dir.path(), "broker", &config, port, "info");
     // Warm the token and every connection pool.
@@ -102,57 +103,41 @@ upstreams = {{ bench = ["api:read"] }}
         .unwrap();
     assert_eq!(warm.text().await.unwrap(), SMALL);
 
-    let (api_worker, front_worker, broker_pid) = (worker_of(&api), worker_of(&front), broker_process.0.id());
+    let (api_workers, front_workers, broker_pid) = (workers_of(&api), workers_of(&front), vec![broker_process.0.id()]);
     let key = vec![format!("X-API-Key: {API_KEY}")];
     for (size, path) in [("small JSON", "small"), ("1 MiB", "big")] {
-        let cases: Vec<(&str, String, Vec<String>, u32)> = vec![
+        let cases: Vec<(&str, String, Vec<String>, Vec<u32>)> = vec![
             (
                 "API directly",
                 format!("http://127.0.0.1:{api_port}/api/{path}"),
                 vec![],
-                api_worker,
+                api_workers.clone(),
             ),
             (
                 "nginx proxy_pass",
                 format!("http://127.0.0.1:{front_port}/api/{path}"),
                 vec![],
-                front_worker,
+                front_workers.clone(),
             ),
             (
                 "broker proxy",
                 format!("http://127.0.0.1:{port}/v1/proxy/bench/{path}"),
                 key.clone(),
-                broker_pid,
+                broker_pid.clone(),
             ),
         ];
         let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
         for _ in 0..ROUNDS {
             for (i, (_, url, headers, server)) in cases.iter().enumerate() {
-                runs[i].push(wrk(url, headers, *server));
+                runs[i].push(wrk(url, headers, server));
             }
         }
         println!(
-            "{size}: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians); nginx and the broker with 1 worker each"
+            "{size}: wrk -t1 -c{CONNECTIONS} -d{ROUND}, {ROUNDS} interleaved rounds (medians); nginx and the broker with {} worker(s) each",
+            workers()
         );
-        println!("| case | requests/s | MiB/s | p50 | p99 | vs nginx proxy_pass | proxy CPU per request |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-        let nginx_rps = median(runs[1].iter().map(|f| f.rps).collect());
-        let bytes = if path == "big" { MIB } else { SMALL.len() } as f64;
-        for (i, (name, ..)) in cases.iter().enumerate() {
-            let rps = median(runs[i].iter().map(|f| f.rps).collect());
-            let p50 = median(runs[i].iter().map(|f| f.p50_ms).collect());
-            let p99 = median(runs[i].iter().map(|f| f.p99_ms).collect());
-            let cpu = median(runs[i].iter().map(|f| f.cpu_us).collect());
-            let ratio = if i == 0 {
-                "—".to_string()
-            } else {
-                format!("{:.2}×", rps / nginx_rps)
-            };
-            println!(
-                "| {name} | {rps:.0} | {:.0} | {p50:.2} ms | {p99:.2} ms | {ratio} | {cpu:.1} µs |",
-                rps * bytes / MIB as f64
-            );
-        }
+        let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        print_table(&names, &runs, 1, "nginx proxy_pass", "proxy");
         let direct_p99 = median(runs[0].iter().map(|f| f.p99_ms).collect());
         let broker_p99 = median(runs[2].iter().map(|f| f.p99_ms).collect());
         println!(

@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
+/// Workers of the broker and of each nginx: `BENCH_WORKERS` (default 1; `scripts/bench load2`
+/// and `proxy2` run with 2).
+pub fn workers() -> usize {
+    std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
 /// wrk's load: connections, the length of one round, and how many interleaved rounds.
 pub const CONNECTIONS: u32 = 64;
 pub const ROUND: &str = "5s";
@@ -139,6 +149,39 @@ pub struct Figures {
     pub cpu_us: f64,
 }
 
+impl Figures {
+    /// Each figure's median over `rounds`.
+    pub fn median_of(rounds: &[Figures]) -> Figures {
+        let of = |figure: fn(&Figures) -> f64| median(rounds.iter().map(figure).collect());
+        Figures {
+            rps: of(|f| f.rps),
+            p50_ms: of(|f| f.p50_ms),
+            p99_ms: of(|f| f.p99_ms),
+            cpu_us: of(|f| f.cpu_us),
+        }
+    }
+}
+
+/// Prints a markdown table of `runs` (one list of rounds per case, named by `names`): the medians,
+/// and each case's requests/s relative to case `reference` (a dash for the cases before it).
+pub fn print_table(names: &[&str], runs: &[Vec<Figures>], reference: usize, against: &str, cpu_of: &str) {
+    println!("| case | requests/s | p50 | p99 | vs {against} | {cpu_of} CPU per request |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let reference_rps = Figures::median_of(&runs[reference]).rps;
+    for (i, (name, rounds)) in names.iter().zip(runs).enumerate() {
+        let f = Figures::median_of(rounds);
+        let ratio = if i < reference {
+            "—".to_string()
+        } else {
+            format!("{:.2}×", f.rps / reference_rps)
+        };
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} | {:.1} µs |",
+            f.rps, f.p50_ms, f.p99_ms, f.cpu_us
+        );
+    }
+}
+
 /// wrk's latency figure ("812.00us", "1.20ms", "2.01s") in milliseconds.
 fn millis(text: &str) -> f64 {
     let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
@@ -178,11 +221,19 @@ pub fn children(parent: u32) -> Vec<u32> {
 /// Clock ticks per second, as `/proc/<pid>/stat` counts them (USER_HZ: 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// wrk against `url`, with the CPU time `server` spent over the run divided by the requests made.
-pub fn wrk(url: &str, headers: &[String], server: u32) -> Figures {
-    let ticks_before = cpu_ticks(server);
+/// wrk against `url`, with the CPU time the `servers` processes spent over the run divided by the
+/// requests made.
+pub fn wrk(url: &str, headers: &[String], servers: &[u32]) -> Figures {
+    wrk_with(url, headers, servers, &[])
+}
+
+/// [`wrk`] with more arguments (such as `-s script.lua`).
+pub fn wrk_with(url: &str, headers: &[String], servers: &[u32], more: &[&str]) -> Figures {
+    let ticks = || servers.iter().map(|&pid| cpu_ticks(pid)).sum::<u64>();
+    let ticks_before = ticks();
     let mut command = Command::new("wrk");
     command.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{ROUND}"), "--latency"]);
+    command.args(more);
     for header in headers {
         command.args(["-H", header]);
     }
@@ -205,7 +256,7 @@ pub fn wrk(url: &str, headers: &[String], server: u32) -> Figures {
             _ => {}
         }
     }
-    let ticks = cpu_ticks(server) - ticks_before;
+    let ticks = ticks() - ticks_before;
     figures.cpu_us = ticks as f64 / TICKS_PER_SECOND * 1e6 / requests.max(1) as f64;
     assert_eq!(non_2xx, 0, "{url} answered errors under load:\n{text}");
     figures
@@ -216,6 +267,16 @@ pub fn p50_p99(mut values: Vec<f64>) -> (f64, f64) {
     values.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
     (at(0.50), at(0.99))
+}
+
+/// The resident memory of `pid` (VmRSS), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn median(mut values: Vec<f64>) -> f64 {
@@ -234,7 +295,7 @@ pub fn nginx(dir: &std::path::Path, name: &str, port: u16, server: &str) -> Kill
     let d = d.display();
     let conf = format!(
         r#"{user}
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
@@ -247,6 +308,7 @@ http {{
 }}
 "#,
         user = if is_root() { "user root;" } else { "" },
+        workers = workers(),
     );
     let path = dir.join(format!("{name}.conf"));
     std::fs::write(&path, conf).unwrap();
@@ -266,10 +328,11 @@ http {{
 }
 
 /// nginx's one worker process, under its master.
-pub fn worker_of(master: &Killed) -> u32 {
+pub fn workers_of(master: &Killed) -> Vec<u32> {
     loop {
-        if let [worker] = children(master.0.id())[..] {
-            return worker;
+        let found = children(master.0.id());
+        if found.len() == workers() {
+            return found;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
