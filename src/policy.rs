@@ -1,5 +1,6 @@
 //! Grants → what an identity may get from an upstream. Default deny; scope narrowing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::identity::{Identity, Rights};
@@ -17,10 +18,12 @@ pub struct GrantSettings {
     pub upstreams: BTreeMap<String, ScopeSet>,
 }
 
-/// What an identity may fetch from one upstream: the scopes to ask for.
+/// What an identity may fetch from one upstream: the scopes to ask for. Borrowed from the grants
+/// when they are one grant's scopes as they stand (the common case: no `scope` asked for), so a
+/// long grant is not copied on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entitlement {
-    pub scopes: ScopeSet,
+pub struct Entitlement<'a> {
+    pub scopes: Cow<'a, ScopeSet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,32 +56,29 @@ impl Policy {
     /// Everything the grants give `identity` for `upstream`, added up over all matching grants;
     /// `None` when no grant names the upstream for this identity.
     pub fn granted(&self, identity: &Identity, upstream: &str) -> Option<ScopeSet> {
-        let sets = self.granted_sets(identity, upstream);
-        (!sets.is_empty()).then(|| sets.into_iter().flatten().cloned().collect())
+        self.entitle(identity, upstream, None).ok().map(|e| e.scopes.into_owned())
     }
 
     /// Decides the scopes to fetch: the requested ones when all are granted, else the whole grant.
-    pub fn entitle(
-        &self,
-        identity: &Identity,
+    pub fn entitle<'a>(
+        &'a self,
+        identity: &'a Identity,
         upstream: &str,
         requested: Option<ScopeSet>,
-    ) -> Result<Entitlement, Denied> {
-        let Some(requested) = requested else {
-            let scopes = self.granted(identity, upstream).ok_or(Denied::NoGrant)?;
-            return Ok(Entitlement { scopes });
-        };
+    ) -> Result<Entitlement<'a>, Denied> {
         // Checked against the grants where they are: a grant can list hundreds of scopes, and
         // adding them up into a new set on every request cost more than the rest of the route.
         let sets = self.granted_sets(identity, upstream);
-        if sets.is_empty() {
-            return Err(Denied::NoGrant);
-        }
-        if requested.iter().all(|scope| sets.iter().any(|set| set.contains(scope))) {
-            Ok(Entitlement { scopes: requested })
-        } else {
-            Err(Denied::ScopeNotGranted)
-        }
+        let scopes = match (requested, &sets[..]) {
+            (_, []) => return Err(Denied::NoGrant),
+            (None, [only]) => Cow::Borrowed(*only),
+            (None, _) => Cow::Owned(sets.into_iter().flatten().cloned().collect()),
+            (Some(requested), _) if requested.iter().all(|scope| sets.iter().any(|set| set.contains(scope))) => {
+                Cow::Owned(requested)
+            }
+            (Some(_), _) => return Err(Denied::ScopeNotGranted),
+        };
+        Ok(Entitlement { scopes })
     }
 
     /// The scope sets that the grants matching `identity` (or its carried rights) give for
@@ -154,14 +154,19 @@ mod tests {
         assert_eq!(policy.entitle(&user("bob"), "triumph", None), Err(Denied::NoGrant));
         assert_eq!(policy.entitle(&user("alice"), "other", None), Err(Denied::NoGrant));
         assert_eq!(
-            policy.entitle(&user("alice"), "triumph", None).unwrap().scopes,
+            policy
+                .entitle(&user("alice"), "triumph", None)
+                .unwrap()
+                .scopes
+                .into_owned(),
             scopes(&["r", "w"])
         );
         assert_eq!(
             policy
                 .entitle(&user("alice"), "triumph", Some(scopes(&["r"])))
                 .unwrap()
-                .scopes,
+                .scopes
+                .into_owned(),
             scopes(&["r"])
         );
         assert_eq!(
@@ -182,7 +187,7 @@ mod tests {
         let asked = |who: &str, list: &[&str]| {
             policy
                 .entitle(&user(who), "triumph", Some(scopes(list)))
-                .map(|e| e.scopes)
+                .map(|e| e.scopes.into_owned())
         };
         assert_eq!(asked("alice", &["r", "w"]), Ok(scopes(&["r", "w"])));
         assert_eq!(asked("bob", &["r", "w"]), Err(Denied::ScopeNotGranted));
