@@ -56,7 +56,9 @@ impl Policy {
     /// Everything the grants give `identity` for `upstream`, added up over all matching grants;
     /// `None` when no grant names the upstream for this identity.
     pub fn granted(&self, identity: &Identity, upstream: &str) -> Option<ScopeSet> {
-        self.entitle(identity, upstream, None).ok().map(|e| e.scopes.into_owned())
+        self.entitle(identity, upstream, None)
+            .ok()
+            .map(|e| e.scopes.into_owned())
     }
 
     /// Decides the scopes to fetch: the requested ones when all are granted, else the whole grant.

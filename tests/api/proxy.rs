@@ -13,12 +13,11 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use crate::helpers::*;
 
 /// The usual configuration with `triumph` proxied to `api` under `/v2`.
-fn proxy_config(token_url: &str, api: &MockServer, extra: &str) -> String {
+fn proxy_config(token_url: &str, api: &str, extra: &str) -> String {
     config(token_url, "client_secret_post").replacen(
         "timeout = \"2s\"",
         &format!(
-            "timeout = \"2s\"\n{extra}\n[upstreams.triumph.proxy]\nurl = \"{}/v2\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/reports/**\", \"/me\"]\ntimeout = \"1s\"\nmax_body_bytes = 1048576\n",
-            api.uri()
+            "timeout = \"2s\"\n{extra}\n[upstreams.triumph.proxy]\nurl = \"{api}/v2\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/reports/**\", \"/me\"]\ntimeout = \"1s\"\nmax_body_bytes = 1048576\n",
         ),
         1,
     )
@@ -33,7 +32,7 @@ struct Setup {
 async fn setup(extra: &str) -> Setup {
     let tokens = token_endpoint(IssueTokens::new(3600)).await;
     let api = MockServer::start().await;
-    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api, extra)).await;
+    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api.uri(), extra)).await;
     Setup { app, api, tokens }
 }
 
@@ -455,4 +454,71 @@ async fn a_small_body_sent_too_slowly_is_refused_at_the_proxy_timeout() {
     assert!(answer.contains("did not arrive in time"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     assert_eq!(upstream_calls(&s.api).await, 0);
+}
+
+/// An API over https must prove its name with a certificate a public root signed: one that signs
+/// itself (here for 127.0.0.1) fails the handshake, the caller gets 502 and the token is never
+/// sent, because no request is.
+#[tokio::test]
+async fn an_https_api_whose_certificate_no_public_root_signed_never_gets_the_token() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (refused, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counts = (refused.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            match acceptor.accept(stream).await {
+                Err(_) => counts.0.fetch_add(1, Ordering::SeqCst),
+                Ok(mut tls) => {
+                    let mut buf = [0u8; 1024];
+                    if tls.read(&mut buf).await.unwrap_or(0) > 0 {
+                        counts.1.fetch_add(1, Ordering::SeqCst);
+                    }
+                    0
+                }
+            };
+        }
+    });
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let config = proxy_config(
+        &format!("{}/token", tokens.uri()),
+        &format!("https://127.0.0.1:{port}"),
+        "",
+    );
+    let app = TestApp::spawn(&config).await;
+    let response = app
+        .http
+        .get(format!("{}/v1/proxy/triumph/reports/1", app.base))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_error");
+    assert!(refused.load(Ordering::SeqCst) >= 1, "the broker never tried the API");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        0,
+        "a request reached an API nobody vouched for"
+    );
 }
