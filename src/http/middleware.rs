@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::cors::PREFLIGHT_MAX_AGE;
 use super::errors::ApiError;
 use super::limits::header_bytes;
-use super::observe::{usable_request_id, ClientAddress, ClientIp, RequestId, REQUEST_ID};
+use super::observe::{usable_request_id, ClientAddress, ClientIp, Observed, RequestId, REQUEST_ID};
 use crate::state::Broker;
 use crate::telemetry::traces;
 
@@ -42,19 +42,18 @@ pub async fn observe(
         .via_trusted_proxy
         .then(|| req.headers().get(REQUEST_ID).and_then(usable_request_id))
         .flatten()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let span = tracing::debug_span!("request", request_id = %request_id);
+        .unwrap_or_else(RequestId::generate);
+    let span = tracing::debug_span!("request", request_id = request_id.as_str());
     let method = req.method().clone();
     // Only the access line (debug level) needs the path: copy it only when that line is on.
     let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
-    {
-        let mut extensions = actix_web::HttpMessage::extensions_mut(&req);
-        extensions.insert(RequestId(request_id.clone()));
-        extensions.insert(ClientAddress {
+    actix_web::HttpMessage::extensions_mut(&req).insert(Observed {
+        id: request_id.clone(),
+        address: ClientAddress {
             ip: client.ip,
             scheme: if client.scheme == "https" { "https" } else { "http" },
-        });
-    }
+        },
+    });
 
     let started = Instant::now();
     // With traces on, the request runs in its span's context (a child of a trusted proxy's
@@ -77,7 +76,7 @@ pub async fn observe(
     span.in_scope(|| {
         tracing::debug!(
             target: "token_broker::access",
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             method = %method,
             path = path.as_deref().unwrap_or_default(),
             client_ip = %ClientIp(client.ip),
@@ -88,9 +87,7 @@ pub async fn observe(
             "request"
         );
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
+    response.headers_mut().insert(REQUEST_ID, request_id.0);
     Ok(response)
 }
 

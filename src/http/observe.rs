@@ -16,39 +16,60 @@ pub struct ClientAddress {
     pub scheme: &'static str,
 }
 
+/// What `observe` learns of a request, kept in its extensions as one entry (one insert per
+/// request rather than one per fact).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub id: RequestId,
+    pub address: ClientAddress,
+}
+
 impl ClientAddress {
     pub fn of(req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
         use actix_web::HttpMessage;
-        req.extensions().get::<ClientAddress>().and_then(|a| a.ip)
+        req.extensions().get::<Observed>().and_then(|o| o.address.ip)
     }
 
     /// `https` or `http`, as the client reached the broker (or its trusted proxy).
     pub fn scheme_of(req: &actix_web::HttpRequest) -> &'static str {
         use actix_web::HttpMessage;
-        req.extensions().get::<ClientAddress>().map_or("http", |a| a.scheme)
+        req.extensions().get::<Observed>().map_or("http", |o| o.address.scheme)
     }
 }
 
-/// The id of the request being served, in the request's extensions.
+/// The id of the request being served, as the header value it is echoed in.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub HeaderValue);
 
 impl RequestId {
+    /// A new id: 32 lowercase hex digits of a random UUID.
+    pub fn generate() -> Self {
+        let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+        let text = uuid::Uuid::new_v4().simple().encode_lower(&mut text);
+        Self(HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-")))
+    }
+
+    /// The id as text (plain ASCII, checked when it was made).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
     /// Calls `f` with the id of `req` without copying it ("" outside this middleware: tests of
     /// single handlers).
     pub fn with<R>(req: &actix_web::HttpRequest, f: impl FnOnce(&str) -> R) -> R {
         use actix_web::HttpMessage;
         let extensions = req.extensions();
-        f(extensions.get::<RequestId>().map_or("", |id| id.0.as_str()))
+        f(extensions.get::<Observed>().map_or("", |o| o.id.as_str()))
     }
 }
 
-pub(crate) fn usable_request_id(value: &HeaderValue) -> Option<String> {
+/// A trusted proxy's `X-Request-Id`, when it is plain enough to pass on and log.
+pub(crate) fn usable_request_id(value: &HeaderValue) -> Option<RequestId> {
     let text = value.to_str().ok()?;
     let plain = !text.is_empty()
         && text.len() <= 128
         && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    plain.then(|| text.to_string())
+    plain.then(|| RequestId(value.clone()))
 }
 
 /// Displays an optional address without allocating.
