@@ -15,9 +15,9 @@ use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::{Future, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
 use crate::http::errors::ApiError;
@@ -35,6 +35,8 @@ use crate::upstream::Upstream;
 /// Bodies up to this size are read whole, so that the request can be sent again after the token
 /// is replaced; larger ones stream through once.
 const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
+/// The longest query string forwarded (nginx's default request line buffer is 8 KiB).
+const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Chunks of a streamed body in flight between the caller and the API: back-pressure beyond it.
 const STREAM_CHUNKS: usize = 8;
 
@@ -71,6 +73,11 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         return Err(ApiError::ProxyMethodNotAllowed(allowed.join(", ")));
     }
     let path = proxied_path(&req).ok_or(ApiError::AccessDenied(Denied::PathNotAllowed))?;
+    if req.uri().query().is_some_and(|query| query.len() > MAX_QUERY_BYTES) {
+        return Err(ApiError::InvalidRequest(format!(
+            "the query string is over {MAX_QUERY_BYTES} bytes"
+        )));
+    }
     if !settings.paths.iter().any(|pattern| pattern.matches(&path)) {
         return Err(ApiError::AccessDenied(Denied::PathNotAllowed));
     }
@@ -113,7 +120,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         ))
         .await?
     };
-    let uri = http::Uri::try_from(target).map_err(|_| ApiError::AccessDenied(Denied::PathNotAllowed))?;
+    let uri = http::Uri::try_from(target)
+        .map_err(|_| ApiError::InvalidRequest("the request's address cannot be forwarded".into()))?;
     let send = |token: String, body: Body| {
         let uri = uri.clone();
         let caller = &caller;
@@ -406,11 +414,7 @@ async fn answer_of(answer: Answer, upstream: &Upstream) -> Result<HttpResponse, 
             Ok(answer.body(body))
         }
         length => {
-            let body = Relay {
-                body,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                counter,
-            };
+            let body = Relay::start(body, deadline, counter);
             Ok(match length {
                 Some(length) => answer.body(SizedStream::new(length, body)),
                 None => answer.body(BodyStream::new(body)),
@@ -420,35 +424,73 @@ async fn answer_of(answer: Answer, upstream: &Upstream) -> Result<HttpResponse, 
 }
 
 /// The API's body as it arrives, counted, and ended with an error at the exchange's deadline
-/// (the browser's connection is then closed: its answer is incomplete).
+/// (the browser's connection is then closed: its answer is incomplete). A task of its own reads
+/// the API against the deadline: the browser's side polls only as fast as the browser reads, and a
+/// slow reader must not hold the API's connection past the deadline.
 struct Relay {
-    body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    timed_out: Arc<AtomicBool>,
     counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl Relay {
+    fn start(
+        body: Incoming,
+        deadline: tokio::time::Instant,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        let (tx, chunks) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let flag = timed_out.clone();
+        actix_web::rt::spawn(async move {
+            let pump = async {
+                let mut body = body;
+                while let Some(frame) = body.frame().await {
+                    let item = match frame {
+                        // Trailers are not passed on.
+                        Ok(frame) => match frame.into_data() {
+                            Ok(data) => Ok(data),
+                            Err(_) => continue,
+                        },
+                        Err(error) => Err(std::io::Error::other(error)),
+                    };
+                    let stop = item.is_err();
+                    // The browser went away, or the API's body broke off.
+                    if tx.send(item).await.is_err() || stop {
+                        return;
+                    }
+                }
+            };
+            // Past the deadline the API's body (and so its connection) is dropped; the flag is set
+            // before the channel closes, so the browser's side reads it as an error, never as an end.
+            if tokio::time::timeout_at(deadline, pump).await.is_err() {
+                flag.store(true, Ordering::Release);
+            }
+            drop(tx);
+        });
+        Self {
+            chunks,
+            timed_out,
+            counter,
+        }
+    }
 }
 
 impl Stream for Relay {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are not passed on.
-                    if let Ok(data) = frame.into_data() {
-                        self.counter.inc_by(data.len() as u64);
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(std::io::Error::other(error)))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    return match self.deadline.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other(ForwardError::Timeout)))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                self.counter.inc_by(data.len() as u64);
+                Poll::Ready(Some(Ok(data)))
             }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) if self.timed_out.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(std::io::Error::other(ForwardError::Timeout))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

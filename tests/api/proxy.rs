@@ -522,3 +522,85 @@ async fn an_https_api_whose_certificate_no_public_root_signed_never_gets_the_tok
         "a request reached an API nobody vouched for"
     );
 }
+
+/// The proxy's `timeout` bounds the whole exchange even when the browser reads slowly: the API's
+/// data is then always waiting at the broker, and the broker must still let go of the API at the
+/// deadline rather than relay for as long as the browser takes.
+#[tokio::test]
+async fn a_slow_reader_cannot_hold_the_api_past_the_proxy_timeout() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An API that sends a large answer as fast as it is taken, and notes when the broker hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let hung_up: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let noted = hung_up.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let started = Instant::now();
+        let size = 1u64 << 30;
+        let mut result = stream
+            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while result.is_ok() {
+            result = stream.write_all(&chunk).await;
+        }
+        *noted.lock().unwrap() = Some(started.elapsed());
+    });
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api, "")).await;
+    let mut response = app
+        .http
+        .get(format!("{}/v1/proxy/triumph/reports/big", app.base))
+        .header("X-API-Key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The browser reads about 50 KB/s for as long as it gets anything.
+    tokio::spawn(async move {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            tokio::time::sleep(Duration::from_micros(chunk.len() as u64 * 20)).await;
+        }
+    });
+    let waited = Instant::now();
+    while hung_up.lock().unwrap().is_none() && waited.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = *hung_up.lock().unwrap();
+    // The proxy timeout is 1 s; the broker lets go of the API soon after it.
+    assert!(
+        after.is_some_and(|after| after < Duration::from_secs(3)),
+        "the API was still sending after {:?} (hung up: {after:?})",
+        waited.elapsed()
+    );
+}
+
+/// A query string too long to forward is the caller's error, found before any token is fetched.
+#[tokio::test]
+async fn a_query_string_too_long_to_forward_is_400_before_any_token_is_fetched() {
+    let s = setup("").await;
+    let long = format!("/reports/1?q={}", "a".repeat(9000));
+    let response = proxied(&s, reqwest::Method::GET, &long, BOB_KEY).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(s.tokens.received_requests().await.unwrap().is_empty());
+    assert!(s.api.received_requests().await.unwrap().is_empty());
+    // Just under the limit is forwarded.
+    Mock::given(method("GET"))
+        .and(path("/v2/reports/1"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&s.api)
+        .await;
+    let fits = format!("/reports/1?q={}", "a".repeat(8000));
+    assert_eq!(proxied(&s, reqwest::Method::GET, &fits, BOB_KEY).await.status(), 200);
+}
