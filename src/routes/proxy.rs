@@ -89,6 +89,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     )
     .await?;
     let target = target_of(settings, &path, req.uri().query());
+    let unforwardable = || ApiError::InvalidRequest("the request's address cannot be forwarded".into());
+    let uri = http::Uri::try_from(target.as_str()).map_err(|_| unforwardable())?;
     let request_id = RequestId::with(&req, str::to_string);
     let caller = Caller {
         ip: ClientAddress::of(&req),
@@ -97,7 +99,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     };
     if websocket {
         let token = served.token.access_token.expose_secret();
-        let url = url::Url::parse(&target).map_err(|_| ApiError::AccessDenied(Denied::PathNotAllowed))?;
+        let url = url::Url::parse(&target).map_err(|_| unforwardable())?;
         return Box::pin(open_websocket(&req, payload, url, &caller, token, settings))
             .await
             .inspect(|_| {
@@ -120,8 +122,6 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         ))
         .await?
     };
-    let uri = http::Uri::try_from(target)
-        .map_err(|_| ApiError::InvalidRequest("the request's address cannot be forwarded".into()))?;
     let send = |token: String, body: Body| {
         let uri = uri.clone();
         let caller = &caller;
