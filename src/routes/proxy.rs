@@ -109,18 +109,19 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     }
     let too_large = Arc::new(AtomicBool::new(false));
     let bytes_in = upstream.proxy_metrics.bytes_in.clone();
-    let body = if has_no_body(&req) {
-        Body::Empty
-    } else {
-        Box::pin(request_body(
-            &req,
-            payload,
-            settings.max_body_bytes,
-            settings.timeout,
-            too_large.clone(),
-            bytes_in,
-        ))
-        .await?
+    let body = match body_kind(&req, settings.max_body_bytes)? {
+        BodyKind::Empty => Body::Empty,
+        kind => {
+            Box::pin(request_body(
+                kind,
+                payload,
+                settings.max_body_bytes,
+                settings.timeout,
+                too_large.clone(),
+                bytes_in,
+            ))
+            .await?
+        }
     };
     let send = |token: String, body: Body| {
         let uri = uri.clone();
@@ -269,25 +270,19 @@ fn proxied_path(req: &HttpRequest) -> Option<ProxyPath> {
     ProxyPath::parse(tail).ok()
 }
 
-/// A request that declares no body (no `Content-Length`, or 0, and not chunked).
-fn has_no_body(req: &HttpRequest) -> bool {
-    let declared = req.headers().get(CONTENT_LENGTH).map(|v| v.as_bytes());
-    match declared {
-        None => !req.headers().contains_key(TRANSFER_ENCODING),
-        Some(length) => length == b"0",
-    }
+/// How a request's body is forwarded, decided from its headers alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// No `Content-Length` (or 0) and not chunked.
+    Empty,
+    /// Declared small enough to read whole, so it can be sent again after the token is replaced.
+    Replayable,
+    /// Larger, or of unknown length: streamed through once.
+    Streamed,
 }
 
-/// The body to forward: none, read whole when small enough to send twice, else streamed through
-/// a bounded channel (back-pressure) with the cap enforced as it flows.
-async fn request_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    max: u64,
-    timeout: std::time::Duration,
-    too_large: Arc<AtomicBool>,
-    bytes_in: prometheus_client::metrics::counter::Counter,
-) -> Result<Body, ApiError> {
+/// The request's [`BodyKind`]; 413 when it declares more than `max` bytes.
+fn body_kind(req: &HttpRequest, max: u64) -> Result<BodyKind, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -296,11 +291,27 @@ async fn request_body(
     if declared.is_some_and(|len| len > max) {
         return Err(ApiError::BodyTooLarge);
     }
-    let chunked = req.headers().contains_key(TRANSFER_ENCODING);
-    match declared {
-        None if !chunked => return Ok(Body::Empty),
-        Some(0) => return Ok(Body::Empty),
-        Some(len) if len <= REPLAYABLE_BODY_BYTES => {
+    Ok(match declared {
+        None if !req.headers().contains_key(TRANSFER_ENCODING) => BodyKind::Empty,
+        Some(0) => BodyKind::Empty,
+        Some(len) if len <= REPLAYABLE_BODY_BYTES => BodyKind::Replayable,
+        _ => BodyKind::Streamed,
+    })
+}
+
+/// The body to forward: read whole when replayable, else streamed through a bounded channel
+/// (back-pressure) with the cap enforced as it flows.
+async fn request_body(
+    kind: BodyKind,
+    mut payload: web::Payload,
+    max: u64,
+    timeout: std::time::Duration,
+    too_large: Arc<AtomicBool>,
+    bytes_in: prometheus_client::metrics::counter::Counter,
+) -> Result<Body, ApiError> {
+    match kind {
+        BodyKind::Empty => return Ok(Body::Empty),
+        BodyKind::Replayable => {
             // A caller that declares a body and sends it slowly must not hold the request open
             // past the upstream's own time limit.
             let read = async {
@@ -321,7 +332,7 @@ async fn request_body(
             bytes_in.inc_by(body.len() as u64);
             return Ok(Body::Buffered(body.freeze()));
         }
-        _ => {}
+        BodyKind::Streamed => {}
     }
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
     // The payload lives on this worker's thread; a local task hands its chunks to the request.
