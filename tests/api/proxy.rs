@@ -30,10 +30,16 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
-    let tokens = token_endpoint(IssueTokens::new(3600)).await;
     let api = MockServer::start().await;
-    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api.uri(), extra)).await;
+    let (app, tokens) = broker_for(&api.uri(), extra).await;
     Setup { app, api, tokens }
+}
+
+/// A broker proxying `triumph` to the API at `api`, and the token endpoint it asks.
+async fn broker_for(api: &str, extra: &str) -> (TestApp, MockServer) {
+    let tokens = token_endpoint(IssueTokens::new(3600)).await;
+    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), api, extra)).await;
+    (app, tokens)
 }
 
 fn proxy_url(app: &TestApp, rest: &str) -> String {
@@ -41,10 +47,9 @@ fn proxy_url(app: &TestApp, rest: &str) -> String {
 }
 
 /// `method` on the proxy route `rest`, as the caller with `key`.
-async fn proxied(s: &Setup, method: reqwest::Method, rest: &str, key: &str) -> reqwest::Response {
-    s.app
-        .http
-        .request(method, proxy_url(&s.app, rest))
+async fn proxied(app: &TestApp, method: reqwest::Method, rest: &str, key: &str) -> reqwest::Response {
+    app.http
+        .request(method, proxy_url(app, rest))
         .header("X-API-Key", key)
         .send()
         .await
@@ -231,7 +236,7 @@ async fn traversal_and_smuggling_forms_are_refused_and_nothing_reaches_the_api()
 #[tokio::test]
 async fn a_method_the_upstream_does_not_allow_is_405_and_nothing_is_sent() {
     let s = setup("").await;
-    let response = proxied(&s, reqwest::Method::DELETE, "/reports/42", BOB_KEY).await;
+    let response = proxied(&s.app, reqwest::Method::DELETE, "/reports/42", BOB_KEY).await;
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET, POST");
     assert_eq!(upstream_calls(&s.api).await, 0);
@@ -243,7 +248,7 @@ async fn callers_without_a_grant_or_credential_are_refused_before_anything_is_se
     let s = setup("").await;
     let anonymous = s.app.http.get(proxy_url(&s.app, "/me")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    let carol = proxied(&s, reqwest::Method::GET, "/me", CAROL_KEY).await;
+    let carol = proxied(&s.app, reqwest::Method::GET, "/me", CAROL_KEY).await;
     assert_eq!(carol.status(), 403);
     let unknown = s
         .app
@@ -267,7 +272,7 @@ async fn with_expose_tokens_false_the_token_route_is_closed_and_the_proxy_still_
     let token = s.app.get_token(BOB_KEY, "triumph", None).await;
     assert_eq!(token.status(), 403);
     assert_eq!(token.json::<Value>().await.unwrap()["error"], "access_denied");
-    let proxied = proxied(&s, reqwest::Method::GET, "/me", BOB_KEY).await;
+    let proxied = proxied(&s.app, reqwest::Method::GET, "/me", BOB_KEY).await;
     assert_eq!(proxied.status(), 200);
 }
 
@@ -316,7 +321,7 @@ async fn a_slow_api_is_504_at_the_proxy_timeout() {
         .mount(&s.api)
         .await;
     let started = Instant::now();
-    let response = proxied(&s, reqwest::Method::GET, "/me", BOB_KEY).await;
+    let response = proxied(&s.app, reqwest::Method::GET, "/me", BOB_KEY).await;
     assert_eq!(response.status(), 504);
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "upstream_timeout");
     assert!(
@@ -338,7 +343,7 @@ async fn bodies_stream_both_ways_and_the_cap_applies() {
         .respond_with(|request: &Request| ResponseTemplate::new(200).set_body_string(request.body.len().to_string()))
         .mount(&s.api)
         .await;
-    let got = proxied(&s, reqwest::Method::GET, "/reports/big", BOB_KEY).await;
+    let got = proxied(&s.app, reqwest::Method::GET, "/reports/big", BOB_KEY).await;
     assert_eq!(got.headers()["content-length"], download.len().to_string().as_str());
     assert_eq!(got.bytes().await.unwrap().len(), download.len());
 
@@ -498,20 +503,8 @@ async fn an_https_api_whose_certificate_no_public_root_signed_never_gets_the_tok
             };
         }
     });
-    let tokens = token_endpoint(IssueTokens::new(3600)).await;
-    let config = proxy_config(
-        &format!("{}/token", tokens.uri()),
-        &format!("https://127.0.0.1:{port}"),
-        "",
-    );
-    let app = TestApp::spawn(&config).await;
-    let response = app
-        .http
-        .get(format!("{}/v1/proxy/triumph/reports/1", app.base))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let (app, _tokens) = broker_for(&format!("https://127.0.0.1:{port}"), "").await;
+    let response = proxied(&app, reqwest::Method::GET, "/reports/1", BOB_KEY).await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upstream_error");
@@ -555,15 +548,8 @@ async fn a_slow_reader_cannot_hold_the_api_past_the_proxy_timeout() {
         }
         *noted.lock().unwrap() = Some(started.elapsed());
     });
-    let tokens = token_endpoint(IssueTokens::new(3600)).await;
-    let app = TestApp::spawn(&proxy_config(&format!("{}/token", tokens.uri()), &api, "")).await;
-    let mut response = app
-        .http
-        .get(format!("{}/v1/proxy/triumph/reports/big", app.base))
-        .header("X-API-Key", BOB_KEY)
-        .send()
-        .await
-        .unwrap();
+    let (app, _tokens) = broker_for(&api, "").await;
+    let mut response = proxied(&app, reqwest::Method::GET, "/reports/big", BOB_KEY).await;
     assert_eq!(response.status(), 200);
     // The browser reads about 50 KB/s for as long as it gets anything.
     tokio::spawn(async move {
@@ -589,7 +575,7 @@ async fn a_slow_reader_cannot_hold_the_api_past_the_proxy_timeout() {
 async fn a_query_string_too_long_to_forward_is_400_before_any_token_is_fetched() {
     let s = setup("").await;
     let long = format!("/reports/1?q={}", "a".repeat(9000));
-    let response = proxied(&s, reqwest::Method::GET, &long, BOB_KEY).await;
+    let response = proxied(&s.app, reqwest::Method::GET, &long, BOB_KEY).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
@@ -602,5 +588,8 @@ async fn a_query_string_too_long_to_forward_is_400_before_any_token_is_fetched()
         .mount(&s.api)
         .await;
     let fits = format!("/reports/1?q={}", "a".repeat(8000));
-    assert_eq!(proxied(&s, reqwest::Method::GET, &fits, BOB_KEY).await.status(), 200);
+    assert_eq!(
+        proxied(&s.app, reqwest::Method::GET, &fits, BOB_KEY).await.status(),
+        200
+    );
 }
