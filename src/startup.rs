@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::clock::{SharedClock, SystemClock};
@@ -241,12 +240,10 @@ impl Application {
         let broker = web::Data::new(assemble(settings, clock)?);
         let public_broker = broker.clone();
         let server = HttpServer::new(move || {
-            // The last `wrap` runs first: observe (request id, config snapshot), then CORS, so that
-            // every answer within, the header limit's 431 included, carries the CORS headers.
+            // Request id, access line and metric, then CORS (so that every answer within, the
+            // header limit's 431 included, carries the CORS headers), then the header limit.
             App::new()
-                .wrap(from_fn(middleware::header_size))
-                .wrap(from_fn(middleware::cors))
-                .wrap(from_fn(middleware::observe))
+                .wrap(middleware::Front)
                 .app_data(public_broker.clone())
                 .configure(routes::token::configure)
                 .configure(routes::client_js::configure)

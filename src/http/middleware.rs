@@ -1,15 +1,21 @@
-//! The middleware every public request passes, outermost first: `observe` (request id, client
-//! address, access line, metric), `cors`, `header_size`. Each takes the request's configuration
-//! snapshot with [`Broker::state_for`], so they agree on one configuration in any order.
+//! The middleware every public request passes, [`Front`]: in this order, the request id, client
+//! address, access line and metric (see [`crate::http::observe`]), CORS (see
+//! [`crate::http::cors`]) and the header size limit (see [`crate::http::limits`]). They are one
+//! middleware, not three, because each layer of actix-web's `from_fn` boxes the service within
+//! and the future it returns: on the token route, three layers cost about as much as the
+//! handler's own work. All three take the request's configuration snapshot once, with
+//! [`Broker::state_for`], so they agree on one configuration with the routes.
 
+use std::future::{ready, Ready};
+use std::rc::Rc;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
-use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
+use futures_util::future::LocalBoxFuture;
 use opentelemetry::context::FutureExt as _;
 use tracing::Instrument;
 
@@ -17,7 +23,7 @@ use super::cors::PREFLIGHT_MAX_AGE;
 use super::errors::ApiError;
 use super::limits::header_bytes;
 use super::observe::{usable_request_id, ClientAddress, ClientIp, Observed, RequestId, REQUEST_ID};
-use crate::state::Broker;
+use crate::state::{AppState, Broker};
 use crate::telemetry::traces;
 
 /// The broker the app was built with; an app without one is a wiring mistake, answered 500.
@@ -27,11 +33,53 @@ fn broker_of(req: &ServiceRequest) -> Result<web::Data<Broker>, actix_web::Error
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("the broker is not registered"))
 }
 
+/// The public app's middleware (`App::new().wrap(Front)`).
+pub struct Front;
+
+impl<S, B> Transform<S, ServiceRequest> for Front
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = FrontService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(FrontService {
+            service: Rc::new(service),
+        }))
+    }
+}
+
+pub struct FrontService<S> {
+    service: Rc<S>,
+}
+
+impl<S, B> Service<ServiceRequest> for FrontService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        Box::pin(observe(req, Rc::clone(&self.service)))
+    }
+}
+
 /// One request id per request, the access line and the HTTP metric (see [`crate::http::observe`]).
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+async fn observe<S, B>(req: ServiceRequest, service: Rc<S>) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
     let broker = broker_of(&req)?;
     let state = broker.state_for(&req);
     let scheme = if req.app_config().secure() { "https" } else { "http" };
@@ -63,8 +111,13 @@ pub async fn observe(
         .as_ref()
         .map(|tracing| tracing.request_context(req.headers(), client.via_trusted_proxy, method.as_str()));
     let mut response = match &trace {
-        None => next.call(req).instrument(span.clone()).await?,
-        Some(cx) => next.call(req).instrument(span.clone()).with_context(cx.clone()).await?,
+        None => answer(req, &state, &service).instrument(span.clone()).await?,
+        Some(cx) => {
+            answer(req, &state, &service)
+                .instrument(span.clone())
+                .with_context(cx.clone())
+                .await?
+        }
     };
     let status = response.status().as_u16();
     // Resources are named after their pattern: the label is known after routing, unallocated.
@@ -91,13 +144,17 @@ pub async fn observe(
     Ok(response)
 }
 
-/// CORS on every public route, error answers included (see [`crate::http::cors`]).
-pub async fn cors(
+/// CORS on every answer, errors included (see [`crate::http::cors`]); within it, the header size
+/// limit: 431 past `server.max_header_bytes` (see [`crate::http::limits`]), then the routes.
+async fn answer<S, B>(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let broker = broker_of(&req)?;
-    let state = broker.state_for(&req);
+    state: &AppState,
+    service: &S,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
     let policy = &state.cors;
     let allowed = policy.allowed(req.headers().get(header::ORIGIN)).cloned();
 
@@ -120,7 +177,12 @@ pub async fn cors(
         return Ok(req.into_response(response.finish()).map_into_right_body());
     }
 
-    let mut response = next.call(req).await?;
+    let limit = state.settings.server.max_header_bytes;
+    let mut response = if limit != 0 && header_bytes(req.headers()) > limit {
+        req.error_response(ApiError::HeadersTooLarge).map_into_right_body()
+    } else {
+        service.call(req).await?.map_into_left_body()
+    };
     let headers = response.headers_mut();
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(origin) = allowed {
@@ -134,22 +196,5 @@ pub async fn cors(
             HeaderValue::from_static("Retry-After, X-Request-Id, X-Token-Broker-Error"),
         );
     }
-    Ok(response.map_into_left_body())
-}
-
-/// `server.max_header_bytes`: 431 past it (see [`crate::http::limits`]).
-pub async fn header_size(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let broker = broker_of(&req)?;
-    let limit = broker.state_for(&req).settings.server.max_header_bytes;
-    if limit == 0 {
-        return Ok(next.call(req).await?.map_into_left_body());
-    }
-    if header_bytes(req.headers()) > limit {
-        let response = req.error_response(ApiError::HeadersTooLarge);
-        return Ok(response.map_into_right_body());
-    }
-    Ok(next.call(req).await?.map_into_left_body())
+    Ok(response)
 }
