@@ -1,6 +1,9 @@
 //! The broker's warm paths against nginx returning the same JSON from memory, under wrk at 64
 //! connections, interleaved; plus the cold stampede and memory after 10,000 distinct JWT users.
-//! Run with `cargo bench --bench load` (needs nginx and wrk; scripts/bench installs them).
+//! A third reference, the "actix-web floor", is this bench's own binary serving the same JSON from
+//! a one-route actix-web app: what the HTTP server the broker is built on costs before the broker
+//! does anything. Run with `cargo bench --bench load` (needs nginx and wrk; scripts/bench installs
+//! them).
 //! Prints figures; asserts nothing.
 
 mod support;
@@ -12,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::{broker, free_port, nginx, print_table, rss_kib, stand_in, workers, workers_of, wrk, Figures};
+use support::{
+    broker, free_port, nginx, print_table, rss_kib, stand_in, wait_for_port, workers, workers_of, wrk, Figures, Killed,
+};
 
 const API_KEY: &str = "bench-api-key";
 use support::{CONNECTIONS, ROUND, ROUNDS};
@@ -110,8 +115,47 @@ upstreams = {{ bench = ["reports:read"] }}
     )
 }
 
-#[tokio::main]
-async fn main() {
+/// Set in the environment of this bench's own child process: serve the floor on this port.
+const FLOOR_PORT: &str = "TOKEN_BROKER_BENCH_FLOOR_PORT";
+const FLOOR_BODY: &str = "TOKEN_BROKER_BENCH_FLOOR_BODY";
+
+fn main() {
+    match (std::env::var(FLOOR_PORT), std::env::var(FLOOR_BODY)) {
+        (Ok(port), Ok(body)) => serve_floor(port.parse().expect("a port"), body),
+        _ => tokio::runtime::Runtime::new().unwrap().block_on(run()),
+    }
+}
+
+/// The actix-web floor: the broker's answer from memory, with the headers nginx adds, one route.
+fn serve_floor(port: u16, body: String) {
+    let body = web::Bytes::from(body);
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            let body = body.clone();
+            App::new().route(
+                "/v1/token/{upstream}",
+                web::get().to(move || {
+                    let body = body.clone();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .insert_header(("Cache-Control", "no-store"))
+                            .body(body)
+                    }
+                }),
+            )
+        })
+        .workers(workers())
+        .disable_signals()
+        .bind(("127.0.0.1", port))
+        .unwrap()
+        .run()
+        .await
+        .unwrap()
+    })
+}
+
+async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let (issuer, _identity) = identity_stand_in();
     let counter = Arc::new(AtomicU64::new(0));
@@ -168,12 +212,23 @@ async fn main() {
         ),
     );
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/v1/token/bench");
+    let floor_port = free_port();
+    let floor = Killed(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .env(FLOOR_PORT, floor_port.to_string())
+            .env(FLOOR_BODY, &body)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(floor_port);
+    let floor_url = format!("http://127.0.0.1:{floor_port}/v1/token/bench");
     // The process whose CPU time each case is charged: nginx's one worker, the broker itself.
     let nginx_workers = workers_of(&nginx_process);
     let broker_pid = vec![broker_process.0.id()];
 
     let cases: Vec<(&str, String, Vec<String>, Vec<u32>)> = vec![
         ("nginx static", nginx_url.clone(), vec![], nginx_workers),
+        ("actix-web floor", floor_url, vec![], vec![floor.0.id()]),
         (
             "API key",
             url.clone(),
