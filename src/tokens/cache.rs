@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::key::CacheKey;
+use super::key::{CacheKey, KeyRef};
 use super::store::{Lock, SharedStore, StoredToken};
 use crate::clock::{later, SharedClock};
 use crate::metrics::Metrics;
@@ -312,17 +312,17 @@ impl TokenCache {
 
     /// A servable token for `scopes` of `upstream`, from the cache or fetched once for all waiters.
     pub async fn get(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
-        let key = CacheKey::new(upstream, scopes);
+        let key = KeyRef::new(upstream, scopes);
         // The hot path: a servable token in memory, without the coalescing machinery.
         if let Some(token) = self.entries.get(&key).await {
             let now = self.clock.now();
             if token.serve_until > now && upstream.accepts(&token.credential) {
-                return Ok(self.serve(upstream, key, token, now, true));
+                return Ok(self.serve(upstream, || key.to_key(), token, now, true));
             }
         }
         // Boxed: inlined, the fetch's state would make every caller's future (the hot path's too)
         // as large as the whole exchange with the token endpoint.
-        Box::pin(self.get_cold(upstream, key)).await
+        Box::pin(self.get_cold(upstream, key.to_key())).await
     }
 
     /// [`Self::get`] past the hot path: the token is stale or missing.
@@ -340,7 +340,7 @@ impl TokenCache {
             let now = self.clock.now();
             if token.serve_until > now && upstream.accepts(&token.credential) {
                 let cache_hit = !fetched_here.load(Ordering::Relaxed);
-                return Ok(self.serve(upstream, key, token, now, cache_hit));
+                return Ok(self.serve(upstream, || key, token, now, cache_hit));
             }
             self.remove_if_same(&key, &token).await;
         }
@@ -350,16 +350,17 @@ impl TokenCache {
     }
 
     /// Answers with a servable `token`, starting its refresh ahead of expiry when that is due.
+    /// `key` is made only when a refresh starts: the warm path holds a borrowed one.
     fn serve(
         &self,
         upstream: &Arc<Upstream>,
-        key: CacheKey,
+        key: impl FnOnce() -> CacheKey,
         token: Arc<CachedToken>,
         now: Instant,
         cache_hit: bool,
     ) -> Served {
         if token.claim_refresh(now) {
-            self.refresh_in_background(upstream.clone(), key, token.clone());
+            self.refresh_in_background(upstream.clone(), key(), token.clone());
         }
         let expires_in = token.serve_until - now;
         Served {

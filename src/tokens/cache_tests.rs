@@ -84,6 +84,24 @@ impl Fixture {
     }
 }
 
+/// The warm path looks tokens up by a borrowed key; one that hashed or compared differently from
+/// the stored key would still be answered, by the slow path, so this is checked on its own.
+#[tokio::test]
+async fn a_borrowed_key_finds_the_token_filed_under_its_owned_key() {
+    let f = fixture(3600, None).await;
+    f.token().await;
+    let borrowed = KeyRef::new(&f.upstream, &f.scopes);
+    let owned = CacheKey::new(&f.upstream, &f.scopes);
+    let hasher = std::hash::RandomState::new();
+    assert_eq!(
+        std::hash::BuildHasher::hash_one(&hasher, &borrowed),
+        std::hash::BuildHasher::hash_one(&hasher, &owned)
+    );
+    assert!(f.cache.entries.get(&borrowed).await.is_some());
+    let other: ScopeSet = [Scope::parse("w").unwrap()].into();
+    assert!(f.cache.entries.get(&KeyRef::new(&f.upstream, &other)).await.is_none());
+}
+
 #[tokio::test]
 async fn concurrent_misses_of_one_key_make_one_fetch() {
     let f = fixture(3600, None).await;
