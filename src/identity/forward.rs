@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+use foldhash::fast::RandomState;
 use moka::future::Cache;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ enum Decision {
 pub struct ForwardAuthenticator {
     settings: ForwardSettings,
     http: reqwest::Client,
-    decisions: Cache<[u8; 32], Decision>,
+    decisions: Cache<[u8; 32], Decision, RandomState>,
 }
 
 impl ForwardAuthenticator {
@@ -38,7 +39,7 @@ impl ForwardAuthenticator {
             decisions: Cache::builder()
                 .max_capacity(DECISIONS)
                 .time_to_live(settings.cache_ttl)
-                .build(),
+                .build_with_hasher(RandomState::default()),
             settings: settings.clone(),
         }
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderMap;
 use base64::Engine;
+use foldhash::fast::RandomState;
 use jsonwebtoken::Validation;
 use moka::future::Cache;
 use serde_json::{Map, Value};
@@ -46,7 +47,7 @@ pub struct JwtAuthenticator {
     settings: JwtSettings,
     keys: KeySource,
     clock: SharedClock,
-    verified: Cache<[u8; 32], Verified>,
+    verified: Cache<[u8; 32], Verified, RandomState>,
 }
 
 impl JwtAuthenticator {
@@ -58,7 +59,7 @@ impl JwtAuthenticator {
             verified: Cache::builder()
                 .max_capacity(VERIFIED_CACHE_ENTRIES)
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(RandomState::default()),
         }
     }
 

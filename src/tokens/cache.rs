@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
@@ -253,7 +254,7 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
 /// Cheap to clone: background refreshes hold a handle.
 #[derive(Clone)]
 pub struct TokenCache {
-    entries: Cache<CacheKey, Arc<CachedToken>>,
+    entries: Cache<CacheKey, Arc<CachedToken>, RandomState>,
     /// The Redis tier shared with other replicas, when configured.
     shared: Option<Arc<dyn SharedStore>>,
     clock: SharedClock,
@@ -275,7 +276,7 @@ impl TokenCache {
                 .max_capacity(max_entries)
                 .expire_after(ServedLife)
                 .support_invalidation_closures()
-                .build(),
+                .build_with_hasher(RandomState::default()),
             shared,
             clock,
             metrics,
