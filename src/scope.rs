@@ -74,22 +74,14 @@ pub fn parse_scope_param(text: &str) -> Result<ScopeSet, ScopeError> {
 
 /// Joins scopes with single spaces, the form of the `scope` parameter (RFC 6749 §3.3).
 pub fn join_scopes(scopes: &ScopeSet) -> String {
-    ScopeList(scopes).to_string()
-}
-
-/// Displays scopes space-separated without building a string (for log fields).
-pub struct ScopeList<'a>(pub &'a ScopeSet);
-
-impl fmt::Display for ScopeList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, scope) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            f.write_str(scope.as_str())?;
+    let mut joined = String::new();
+    for scope in scopes {
+        if !joined.is_empty() {
+            joined.push(' ');
         }
-        Ok(())
+        joined.push_str(scope.as_str());
     }
+    joined
 }
 
 #[cfg(test)]

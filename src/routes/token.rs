@@ -4,15 +4,14 @@ use crate::telemetry::traces;
 use actix_web::http::header::{ContentType, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use opentelemetry::trace::SpanKind;
-use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
 use crate::http::observe::RequestId;
 use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
-use crate::scope::{parse_scope_param, ScopeList, ScopeSet};
+use crate::scope::{parse_scope_param, ScopeSet};
 use crate::state::{AppState, Broker};
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
@@ -45,15 +44,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 struct ScopeParam {
     scope: Option<String>,
     access_token: Option<String>,
-}
-
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    access_token: &'a str,
-    token_type: &'static str,
-    expires_in: u64,
-    expires_at: u64,
-    scope: &'a str,
 }
 
 async fn get_token(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
@@ -145,32 +135,24 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
                 })?
         }
     };
-    let token = served.token.access_token.expose_secret();
     broker.metrics.served(&upstream.label, served.cache_hit);
     RequestId::with(req, |request_id| {
-        // Plain `&str` fields are written as they are; `%` goes through the formatting machinery.
+        // Plain `&str` fields are written as they are (`%` would go through the formatting
+        // machinery).
         tracing::info!(
             target: "token_broker::audit",
             request_id,
             authenticator = &*identity.authenticator,
             subject = identity.subject.as_str(),
             upstream = upstream.name(),
-            scopes = %ScopeList(&entitlement.scopes),
+            // The served token's key is these scopes: its copy of them, joined once, is written.
+            scopes = served.token.requested.as_str(),
             cache_hit = served.cache_hit,
             token_fingerprint = served.token.fingerprint.as_str(),
             "token served"
         )
     });
-    let body = TokenBody {
-        access_token: token,
-        token_type: "Bearer",
-        expires_in: served.expires_in.as_secs(),
-        expires_at: served.expires_at,
-        scope: &served.token.scope,
-    };
-    // Sized once for a typical token, instead of growing from empty as `HttpResponse::json` does.
-    let mut json = Vec::with_capacity(128 + token.len() + served.token.scope.len());
-    serde_json::to_writer(&mut json, &body).map_err(|_| ApiError::Internal("the answer could not be written"))?;
+    let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
     Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json))
 }
 

@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::answer::Answer;
 use super::key::{CacheKey, KeyRef};
 use super::store::{Lock, SharedStore, StoredToken};
 use crate::clock::{later, SharedClock};
@@ -54,6 +55,10 @@ pub struct CachedToken {
     pub fingerprint: String,
     /// What to report as `scope`: the endpoint's granted scope, else the requested one.
     pub scope: String,
+    /// The scopes it was asked for (its key's), space-separated, as the audit line reports them.
+    pub requested: String,
+    /// The token route's answer, written once.
+    pub answer: Answer,
     pub fetched_at: Instant,
     /// The same moment on the wall clock (Unix milliseconds), as replicas compare it.
     pub fetched_at_ms: u64,
@@ -93,6 +98,7 @@ impl CachedToken {
         Self::assemble(
             fetched.access_token,
             (fetched.credential, Source::Memory),
+            requested,
             fetched
                 .granted
                 .as_ref()
@@ -104,7 +110,7 @@ impl CachedToken {
     }
 
     /// A token another replica fetched, placed on this replica's monotonic clock.
-    fn from_shared(stored: StoredToken, now: Instant, now_ms: u64) -> Option<Self> {
+    fn from_shared(stored: StoredToken, requested: &ScopeSet, now: Instant, now_ms: u64) -> Option<Self> {
         if stored.serve_until_ms <= now_ms || stored.fetched_at_ms > now_ms {
             return None;
         }
@@ -116,6 +122,7 @@ impl CachedToken {
         Some(Self::assemble(
             SecretString::from(stored.access_token),
             (credential, Source::Redis),
+            requested,
             stored.scope,
             (fetched_at, stored.fetched_at_ms),
             Duration::from_millis(stored.lifetime_ms).min(MAX_LIFETIME),
@@ -126,6 +133,7 @@ impl CachedToken {
     fn assemble(
         access_token: SecretString,
         (credential, source): (Fingerprint, Source),
+        requested: &ScopeSet,
         scope: String,
         (fetched_at, fetched_at_ms): (Instant, u64),
         lifetime: Duration,
@@ -134,6 +142,8 @@ impl CachedToken {
         let share = rand::rng().random_range(REFRESH_AT - REFRESH_JITTER..=REFRESH_AT + REFRESH_JITTER);
         let fingerprint = hex::encode(&Sha256::digest(access_token.expose_secret().as_bytes())[..6]);
         Self {
+            requested: join_scopes(requested),
+            answer: Answer::new(access_token.expose_secret(), &scope),
             access_token,
             fingerprint,
             scope,
@@ -447,7 +457,7 @@ impl TokenCache {
     ) -> Option<Arc<CachedToken>> {
         let stored = shared.read(key, &upstream.credentials).await?;
         let (now, now_ms) = self.now();
-        let token = CachedToken::from_shared(stored, now, now_ms)?;
+        let token = CachedToken::from_shared(stored, &key.scopes, now, now_ms)?;
         if !upstream.accepts(&token.credential) || rejected.is_some_and(|rejected| token.is(rejected)) {
             return None;
         }
