@@ -95,7 +95,7 @@ impl ForwardAuthenticator {
 
     /// `name=value` pairs of the configured cookies only, in configured order.
     fn forwarded_cookies(&self, headers: &HeaderMap) -> String {
-        let mut pairs = Vec::new();
+        let mut pairs = String::new();
         for name in &self.settings.forward_cookies {
             let value = headers
                 .get_all(COOKIE)
@@ -105,10 +105,15 @@ impl ForwardAuthenticator {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v);
             if let Some(value) = value.filter(|v| !v.is_empty()) {
-                pairs.push(format!("{name}={value}"));
+                if !pairs.is_empty() {
+                    pairs.push_str("; ");
+                }
+                pairs.push_str(name);
+                pairs.push('=');
+                pairs.push_str(value);
             }
         }
-        pairs.join("; ")
+        pairs
     }
 
     async fn ask(&self, cookies: &str, authorization: Option<&str>) -> Result<Decision, FetchError> {

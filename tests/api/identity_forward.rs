@@ -45,20 +45,25 @@ async fn session_endpoint() -> MockServer {
 }
 
 async fn app_with(session: &MockServer) -> (TestApp, MockServer) {
+    app_forwarding(session, r#"["app_session"]"#).await
+}
+
+/// An app whose forward authenticator forwards `cookies` (a TOML list).
+async fn app_forwarding(session: &MockServer, cookies: &str) -> (TestApp, MockServer) {
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let authenticator = format!(
         r#"
         [[authenticators]]
         type = "forward"
         url = "{}/api/session"
-        forward_cookies = ["app_session"]
+        forward_cookies = {cookies}
         subject_field = "user.id"
         email_field = "email"
         groups_field = "groups"
         cache_ttl = "30s"
         timeout = "1s"
         "#,
-        session.uri()
+        session.uri(),
     );
     let toml = format!(
         "{}{authenticator}{GRANTS}",
@@ -94,6 +99,25 @@ async fn only_the_configured_cookie_is_forwarded() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].headers["cookie"], "app_session=good");
     assert!(!requests[0].headers.contains_key("x-requested-with"));
+}
+
+#[tokio::test]
+async fn several_configured_cookies_are_forwarded_in_the_configured_order() {
+    let session = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(header("cookie", "app_session=good; app_tenant=t-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"user": {"id": "u-42"}, "groups": ["staff"]})))
+        .mount(&session)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&session)
+        .await;
+    let (app, _upstream) = app_forwarding(&session, r#"["app_session", "app_tenant"]"#).await;
+    let response = with_cookie(&app, "app_tenant=t-1; tracking=abc; app_session=good", true).await;
+    assert_eq!(response.status(), 200);
+    let requests = session.received_requests().await.unwrap();
+    assert_eq!(requests[0].headers["cookie"], "app_session=good; app_tenant=t-1");
 }
 
 #[tokio::test]
