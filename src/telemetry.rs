@@ -137,7 +137,8 @@ fn write_timestamp(line: &mut String, now: OffsetDateTime) {
     put(14, 2, u32::from(now.minute()));
     put(17, 2, u32::from(now.second()));
     put(20, 6, now.microsecond());
-    line.extend(text.iter().map(|&b| char::from(b)));
+    // ASCII digits and separators: always UTF-8 (appended whole, not char by char).
+    line.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 struct JsonFields<'a> {
