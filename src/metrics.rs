@@ -87,6 +87,26 @@ impl ProxyMetrics {
     }
 }
 
+/// One upstream's token-serving counters, held by the upstream.
+#[derive(Clone, Debug)]
+pub struct ServedMetrics {
+    hits: Counter,
+    misses: Counter,
+    served: Counter,
+}
+
+impl ServedMetrics {
+    /// A token served from the cache (`cache_hit`) or after a fetch.
+    pub fn served(&self, cache_hit: bool) {
+        if cache_hit {
+            self.hits.inc();
+        } else {
+            self.misses.inc();
+        }
+        self.served.inc();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamStatus {
     pub upstream: String,
@@ -277,14 +297,20 @@ impl Metrics {
         }
     }
 
-    /// Counts a token served; `label` is the upstream's, made once (see `Upstream::label`).
-    pub fn served(&self, label: &UpstreamLabel, cache_hit: bool) {
-        if cache_hit {
-            self.cache_hits.get_or_create(label).inc();
-        } else {
-            self.cache_misses.get_or_create(label).inc();
+    /// The token-serving counters of the upstream labelled `label`, looked up once (when the
+    /// upstream is built) rather than on every request; each starts at zero, so dashboards and
+    /// alerts see zeros rather than nothing.
+    pub fn served_metrics(&self, label: &UpstreamLabel) -> ServedMetrics {
+        let counter = |family: &Family<UpstreamLabel, Counter>| {
+            let counter = family.get_or_create(label).clone();
+            counter.inc_by(0);
+            counter
+        };
+        ServedMetrics {
+            hits: counter(&self.cache_hits),
+            misses: counter(&self.cache_misses),
+            served: counter(&self.tokens_served),
         }
-        self.tokens_served.get_or_create(label).inc();
     }
 
     /// Counts an answer; `route` is a resource name (one of a fixed set), else "unmatched".

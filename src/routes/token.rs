@@ -135,7 +135,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
                 })?
         }
     };
-    broker.metrics.served(&upstream.label, served.cache_hit);
+    upstream.served_metrics.served(served.cache_hit);
     RequestId::with(req, |request_id| {
         // Plain `&str` fields are written as they are (`%` would go through the formatting
         // machinery).

@@ -21,7 +21,7 @@ use rand::Rng;
 use super::client::{FetchedToken, TokenClient};
 use super::error::UpstreamError;
 use crate::clock::{later, SharedClock};
-use crate::metrics::{Metrics, ProxyMetrics, UpstreamCredential, UpstreamLabel};
+use crate::metrics::{Metrics, ProxyMetrics, ServedMetrics, UpstreamCredential, UpstreamLabel};
 use crate::scope::ScopeSet;
 use crate::upstream::config::{Credential, Fingerprint, UpstreamSettings};
 use crate::upstream::endpoint::{DiscoveryStatus, LiveEndpoint};
@@ -57,6 +57,8 @@ pub struct Upstream {
     pub label: UpstreamLabel,
     /// This upstream's proxy metrics, looked up once.
     pub proxy_metrics: ProxyMetrics,
+    /// This upstream's token-serving counters, looked up once.
+    pub served_metrics: ServedMetrics,
     client: TokenClient,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -159,9 +161,6 @@ impl Upstream {
         // Each upstream's series exist from the start (a new one starts closed), so dashboards
         // and alerts see zeros rather than nothing.
         metrics.circuit_open.get_or_create(&label).set(0);
-        for family in [&metrics.cache_hits, &metrics.cache_misses, &metrics.tokens_served] {
-            family.get_or_create(&label).inc_by(0);
-        }
         for index in 0..settings.credentials.len() {
             metrics
                 .credential_refusals
@@ -181,6 +180,7 @@ impl Upstream {
             }
         }
         Self {
+            served_metrics: metrics.served_metrics(&label),
             label,
             token_settings: settings.token_fingerprint(),
             credentials: settings.credential_fingerprints(),
