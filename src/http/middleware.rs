@@ -96,7 +96,7 @@ where
     // Only the access line (debug level) needs the path: copy it only when that line is on.
     let path = tracing::enabled!(target: "token_broker::access", tracing::Level::DEBUG).then(|| req.path().to_string());
     actix_web::HttpMessage::extensions_mut(&req).insert(Observed {
-        id: request_id.clone(),
+        id: request_id,
         address: ClientAddress {
             ip: client.ip,
             scheme: if client.scheme == "https" { "https" } else { "http" },
@@ -126,10 +126,12 @@ where
     if let Some(cx) = &trace {
         traces::finish_request(cx, method.as_str(), route, status);
     }
+    // The id goes back out of the request onto the answer: moved, not copied.
+    let observed = actix_web::HttpMessage::extensions_mut(response.request()).remove::<Observed>();
     span.in_scope(|| {
         tracing::debug!(
             target: "token_broker::access",
-            request_id = request_id.as_str(),
+            request_id = observed.as_ref().map_or("", |o| o.id.as_str()),
             method = %method,
             path = path.as_deref().unwrap_or_default(),
             client_ip = %ClientIp(client.ip),
@@ -140,7 +142,9 @@ where
             "request"
         );
     });
-    response.headers_mut().insert(REQUEST_ID, request_id.0);
+    if let Some(observed) = observed {
+        response.headers_mut().insert(REQUEST_ID, observed.id.0);
+    }
     Ok(response)
 }
 

@@ -1,6 +1,6 @@
 //! `X-API-Key: <key>`, checked against SHA-256 hashes in the configuration.
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -8,6 +8,9 @@ use super::{AuthError, Identity, Method, Outcome};
 use crate::identity::config::ApiKeySettings;
 
 pub const HEADER: &str = "x-api-key";
+/// [`HEADER`] as a header name: looking a header up by a `&str` parses (and, for a name HTTP
+/// does not define, allocates) a new name on every request.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// The `sha256:<hex>` form of a key, as the configuration stores it.
 pub fn hash_key(key: &str) -> String {
@@ -24,7 +27,7 @@ impl ApiKeyAuthenticator {
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Outcome {
-        let Some(value) = headers.get(HEADER) else {
+        let Some(value) = headers.get(&HEADER_NAME) else {
             return Outcome::NotMine;
         };
         let presented: [u8; 32] = Sha256::digest(value.as_bytes()).into();

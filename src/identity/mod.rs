@@ -19,7 +19,7 @@ pub use jwt::{unverified_issuer, JwtAuthenticator};
 pub use public_token::PublicTokenAuthenticator;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::clock::SharedClock;
 use crate::identity::config::{AuthenticatorSettings, NamedAuthenticator};
@@ -44,6 +44,15 @@ impl Method {
             Self::Forward => "forward",
             Self::PublicToken => "public_token",
         }
+    }
+
+    /// [`Self::default_name`], shared: every identity starts with it before the chain gives it
+    /// the configured name, which must not cost an allocation per request.
+    fn shared_default_name(self) -> Arc<str> {
+        static NAMES: LazyLock<[Arc<str>; 4]> = LazyLock::new(|| {
+            [Method::ApiKey, Method::Jwt, Method::Forward, Method::PublicToken].map(|m| Arc::from(m.default_name()))
+        });
+        NAMES[self as usize].clone()
     }
 }
 
@@ -75,7 +84,7 @@ pub struct Identity {
 impl Identity {
     pub fn new(subject: impl Into<String>, method: Method) -> Self {
         Self {
-            authenticator: method.default_name().into(),
+            authenticator: method.shared_default_name(),
             subject: subject.into(),
             verified_email: None,
             groups: Vec::new(),
@@ -248,7 +257,7 @@ impl Chain {
             }
         }
         // A credential nobody recognises (a token of an unknown issuer, say) is refused as such.
-        if headers.contains_key(AUTHORIZATION) || headers.contains_key(api_key::HEADER) {
+        if headers.contains_key(AUTHORIZATION) || headers.contains_key(&api_key::HEADER_NAME) {
             Err(AuthError::Invalid)
         } else {
             Err(AuthError::Missing)

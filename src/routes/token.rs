@@ -1,7 +1,8 @@
 //! `GET|POST /v1/token/{upstream}`: who is calling → what they may get → the cached token.
 
 use crate::telemetry::traces;
-use actix_web::http::header::{ContentType, CONTENT_TYPE};
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use opentelemetry::trace::SpanKind;
 use serde::Deserialize;
@@ -21,11 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1/token")
             .wrap(no_store())
             .service(
-                web::resource("/{upstream}")
-                    .name("/v1/token/{upstream}")
-                    .route(web::get().to(get_token))
-                    .route(web::post().to(post_token))
-                    .default_service(web::to(method_not_allowed)),
+                // One handler that looks at the method itself: actix-web's method guards record
+                // every guard they try in the request (an allocation and an extension each).
+                web::resource("/{upstream}").name("/v1/token/{upstream}").to(token),
             )
             .service(
                 web::resource("/{upstream}/refresh")
@@ -44,6 +43,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 struct ScopeParam {
     scope: Option<String>,
     access_token: Option<String>,
+}
+
+async fn token(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    match *req.method() {
+        Method::GET => get_token(req, broker).await,
+        Method::POST => post_token(req, payload, broker).await,
+        _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+    }
 }
 
 async fn get_token(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
@@ -74,10 +81,6 @@ async fn post_refresh(
 enum Mode {
     Current,
     ReplaceRejected,
-}
-
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed("GET, POST"))
 }
 
 /// Where the requested scope comes from; a body is read only once the caller is authenticated.
@@ -153,7 +156,10 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
         )
     });
     let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
-    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(json))
+    // A static header value: `ContentType::json()` would copy "application/json" into a new one.
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(json))
 }
 
 /// The parameters of a POST: the body's, with a `scope` in the query counting as in the body.
