@@ -68,18 +68,19 @@ impl ForwardAuthenticator {
         // Identical concurrent checks share one call; only that call asks the gate.
         let decision = match self.decisions.get(&key).await {
             Some(decision) => Ok(decision),
+            // Boxed where it starts: the session call's state would otherwise be part of every
+            // request's future, and moved with it.
             None => {
-                self.decisions
-                    .try_get_with(key, async {
-                        if !gate.admit() {
-                            return Err(AuthError::Throttled);
-                        }
-                        self.ask(&cookies, authorization).await.map_err(|error| {
-                            tracing::debug!(error = %error, "the session endpoint could not decide");
-                            AuthError::Unavailable
-                        })
+                Box::pin(self.decisions.try_get_with(key, async {
+                    if !gate.admit() {
+                        return Err(AuthError::Throttled);
+                    }
+                    self.ask(&cookies, authorization).await.map_err(|error| {
+                        tracing::debug!(error = %error, "the session endpoint could not decide");
+                        AuthError::Unavailable
                     })
-                    .await
+                }))
+                .await
             }
         };
         match decision {

@@ -81,7 +81,7 @@ impl JwtAuthenticator {
             if self.clock.unix_now() <= hit.exp.saturating_add(leeway) {
                 return Outcome::Authenticated((*hit.identity).clone());
             }
-            self.verified.invalidate(&digest).await;
+            Box::pin(self.verified.invalidate(&digest)).await;
         }
         match unverified_issuer(token) {
             Some(iss) if self.settings.accepted_issuers.contains(&iss) => {}
@@ -89,15 +89,15 @@ impl JwtAuthenticator {
         }
         // Concurrent requests with one new token verify it once; only that verification asks the
         // gate, so a page's burst of first requests costs one failure's worth at most.
-        let verified = self
-            .verified
-            .try_get_with(digest, async {
-                if !gate.admit() {
-                    return Err(AuthError::Throttled);
-                }
-                self.verify(token).await
-            })
-            .await;
+        // Boxed where it starts: the verification's state (a key fetch among it) would otherwise
+        // be part of every request's future, and moved with it.
+        let verified = Box::pin(self.verified.try_get_with(digest, async {
+            if !gate.admit() {
+                return Err(AuthError::Throttled);
+            }
+            self.verify(token).await
+        }))
+        .await;
         match verified {
             Ok(verified) => Outcome::Authenticated((*verified.identity).clone()),
             Err(error) => Outcome::Rejected(*error),

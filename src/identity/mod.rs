@@ -179,8 +179,9 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap, gate: &dyn Gate) -> Outcome {
         match self {
             Self::ApiKey(a) => a.authenticate(headers),
-            // Boxed: inlined, their key fetches and session calls would make every caller's
-            // future (an API key's too) as large as an HTTP exchange.
+            // Boxed: inlined, their cache lookups would make every caller's future (an API
+            // key's too) larger; their key fetches and session calls are boxed where they start,
+            // so what is boxed here is only a cache lookup's state.
             Self::Jwt(a) => Box::pin(a.authenticate(headers, gate)).await,
             Self::Forward(a) => Box::pin(a.authenticate(headers, gate)).await,
             Self::PublicToken(a) => a.authenticate(headers, gate),
