@@ -149,9 +149,9 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
             subject = identity.subject.as_str(),
             upstream = upstream.name(),
             // The served token's key is these scopes: its copy of them, joined once, is written.
-            scopes = served.token.requested.as_str(),
+            scopes = served.token.answer.requested(),
             cache_hit = served.cache_hit,
-            token_fingerprint = served.token.fingerprint.as_str(),
+            token_fingerprint = served.token.answer.fingerprint(),
             "token served"
         )
     });

@@ -1,5 +1,6 @@
 //! The token route's JSON answer for one cached token, written when the token is cached rather
 //! than on every request: between two requests for it only `expires_in` and `expires_at` change.
+//! It also carries what the audit line reports of the token, in the same allocation.
 //!
 //! `{"access_token":…,"token_type":"Bearer","expires_in":…,"expires_at":…,"scope":…}`
 
@@ -8,41 +9,68 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretSlice};
 
 pub struct Answer {
-    /// Up to and including `"expires_in":`; it holds the token, so it is kept as a secret
-    /// (never in a `Debug` output, wiped when dropped).
-    head: SecretSlice<u8>,
-    /// From `,"scope":` to the end.
-    tail: Box<[u8]>,
+    /// The answer up to and including `"expires_in":`, the rest of it from `,"scope":`, then
+    /// what the audit line reports of the token (its key's scopes, its fingerprint): one
+    /// allocation, as a warm request reads all four. It holds the token, so it is kept as a
+    /// secret (never in a `Debug` output, wiped when dropped).
+    text: SecretSlice<u8>,
+    /// Where the rest of the answer, the scopes and the fingerprint start in `text`.
+    tail: usize,
+    requested: usize,
+    fingerprint: usize,
 }
 
 impl Answer {
-    pub fn new(access_token: &str, scope: &str) -> Self {
-        let mut head = Vec::with_capacity(access_token.len() + 64);
-        head.extend_from_slice(b"{\"access_token\":");
-        push_json_string(&mut head, access_token);
-        head.extend_from_slice(b",\"token_type\":\"Bearer\",\"expires_in\":");
-        let mut tail = Vec::with_capacity(scope.len() + 12);
-        tail.extend_from_slice(b",\"scope\":");
-        push_json_string(&mut tail, scope);
-        tail.push(b'}');
+    /// `requested` are the token's key's scopes, space-separated; `fingerprint` its short name.
+    pub fn new(access_token: &str, scope: &str, requested: &str, fingerprint: &str) -> Self {
+        let mut text = Vec::with_capacity(access_token.len() + scope.len() + requested.len() + 96);
+        text.extend_from_slice(b"{\"access_token\":");
+        push_json_string(&mut text, access_token);
+        text.extend_from_slice(b",\"token_type\":\"Bearer\",\"expires_in\":");
+        let tail = text.len();
+        text.extend_from_slice(b",\"scope\":");
+        push_json_string(&mut text, scope);
+        text.push(b'}');
+        let at_requested = text.len();
+        text.extend_from_slice(requested.as_bytes());
+        let at_fingerprint = text.len();
+        text.extend_from_slice(fingerprint.as_bytes());
         Self {
-            head: head.into(),
-            tail: tail.into(),
+            text: text.into(),
+            tail,
+            requested: at_requested,
+            fingerprint: at_fingerprint,
         }
     }
 
     /// The answer's bytes for a token that expires in `expires_in` seconds, at `expires_at`.
     pub fn body(&self, expires_in: u64, expires_at: u64) -> Vec<u8> {
-        let head = self.head.expose_secret();
+        let text = self.text.expose_secret();
+        let (head, tail) = (&text[..self.tail], &text[self.tail..self.requested]);
         let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
         let (expires_in, expires_at) = (numbers.0.format(expires_in), numbers.1.format(expires_at));
-        let mut body = Vec::with_capacity(head.len() + self.tail.len() + 64);
+        let mut body = Vec::with_capacity(head.len() + tail.len() + 64);
         body.extend_from_slice(head);
         body.extend_from_slice(expires_in.as_bytes());
         body.extend_from_slice(b",\"expires_at\":");
         body.extend_from_slice(expires_at.as_bytes());
-        body.extend_from_slice(&self.tail);
+        body.extend_from_slice(tail);
         body
+    }
+
+    /// The token's key's scopes, space-separated, as the audit line reports them.
+    pub fn requested(&self) -> &str {
+        self.text_at(self.requested, self.fingerprint)
+    }
+
+    /// The token's fingerprint (see `CachedToken::fingerprint`).
+    pub fn fingerprint(&self) -> &str {
+        self.text_at(self.fingerprint, self.text.expose_secret().len())
+    }
+
+    /// Text that was a `&str` when the answer was made (so always UTF-8).
+    fn text_at(&self, from: usize, to: usize) -> &str {
+        std::str::from_utf8(&self.text.expose_secret()[from..to]).unwrap_or_default()
     }
 }
 
@@ -86,16 +114,19 @@ mod tests {
                 scope,
             })
             .unwrap();
-            assert_eq!(Answer::new(token, scope).body(3599, 1_795_509_025), expected);
+            let answer = Answer::new(token, scope, "reports:read reports:write", "0123456789ab");
+            assert_eq!(answer.body(3599, 1_795_509_025), expected);
+            assert_eq!(answer.requested(), "reports:read reports:write");
+            assert_eq!(answer.fingerprint(), "0123456789ab");
         }
         assert_eq!(
-            String::from_utf8(Answer::new("t", "s").body(0, u64::MAX)).unwrap(),
+            String::from_utf8(Answer::new("t", "s", "s", "f").body(0, u64::MAX)).unwrap(),
             format!("{{\"access_token\":\"t\",\"token_type\":\"Bearer\",\"expires_in\":0,\"expires_at\":{},\"scope\":\"s\"}}", u64::MAX)
         );
     }
 
     #[test]
     fn the_token_never_shows_in_debug_output() {
-        assert!(!format!("{:?}", Answer::new("secret-token", "s")).contains("secret-token"));
+        assert!(!format!("{:?}", Answer::new("secret-token", "s", "s", "f")).contains("secret-token"));
     }
 }

@@ -55,9 +55,7 @@ pub struct CachedToken {
     pub fingerprint: String,
     /// What to report as `scope`: the endpoint's granted scope, else the requested one.
     pub scope: String,
-    /// The scopes it was asked for (its key's), space-separated, as the audit line reports them.
-    pub requested: String,
-    /// The token route's answer, written once.
+    /// The token route's answer, written once, with the audit line's scopes and fingerprint.
     pub answer: Answer,
     pub fetched_at: Instant,
     /// The same moment on the wall clock (Unix milliseconds), as replicas compare it.
@@ -142,8 +140,12 @@ impl CachedToken {
         let share = rand::rng().random_range(REFRESH_AT - REFRESH_JITTER..=REFRESH_AT + REFRESH_JITTER);
         let fingerprint = hex::encode(&Sha256::digest(access_token.expose_secret().as_bytes())[..6]);
         Self {
-            requested: join_scopes(requested),
-            answer: Answer::new(access_token.expose_secret(), &scope),
+            answer: Answer::new(
+                access_token.expose_secret(),
+                &scope,
+                &join_scopes(requested),
+                &fingerprint,
+            ),
             access_token,
             fingerprint,
             scope,
