@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::fmt::{self, Write};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use time::OffsetDateTime;
 use tracing::field::{Field, Visit};
@@ -20,6 +21,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub mod audit;
 mod buffered;
 pub mod traces;
 pub use buffered::{Buffered, FLUSH_EVERY};
@@ -61,6 +63,7 @@ pub fn init(format: LogFormat) -> LogGuard {
     match format {
         LogFormat::Json => {
             let sink = Buffered::install(std::io::stderr());
+            let _ = JSON_SINK.set(sink);
             registry
                 .with(
                     tracing_subscriber::fmt::layer()
@@ -88,23 +91,32 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        thread_local! {
-            // Built in a plain String (the Writer dispatches every small write dynamically), kept
-            // per thread so no line allocates.
-            static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
-        }
-        let mut write = |line: &mut String| {
-            line.clear();
+        with_line(|line| {
             json_line(line, event);
             writer.write_str(line)
-        };
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => write(&mut line),
-            // A value's Display that logs: format that inner event on its own.
-            Err(_) => write(&mut String::new()),
         })
     }
 }
+
+/// Runs `write` with an empty String to build a line in: a plain String (the Writer dispatches
+/// every small write dynamically), kept per thread so no line allocates.
+fn with_line<R>(write: impl FnOnce(&mut String) -> R) -> R {
+    thread_local! {
+        static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    }
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            write(&mut line)
+        }
+        // A value's Display that logs: format that inner event on its own.
+        Err(_) => write(&mut String::new()),
+    })
+}
+
+/// The JSON lines' sink, once [`init`] has installed it: the audit line of a token served is
+/// written into it directly (see [`audit`]).
+static JSON_SINK: OnceLock<&'static Buffered<std::io::Stderr>> = OnceLock::new();
 
 // Writing into a String cannot fail; only a value's own Debug or Display can, and then the line
 // keeps what it wrote of that value, still valid JSON.
@@ -201,11 +213,8 @@ impl Write for JsonEscaped<'_> {
     fn write_str(&mut self, value: &str) -> fmt::Result {
         // Only ASCII bytes need escaping, so runs between them are copied whole (still valid UTF-8).
         let bytes = value.as_bytes();
-        // Most values need no escaping: one branch-free pass (vectorised) says so.
-        if !bytes
-            .iter()
-            .fold(false, |any, &b| any | (b < 0x20 || b == b'"' || b == b'\\'))
-        {
+        // Most values need no escaping: a pass eight bytes at a time says so.
+        if !needs_escape(bytes) {
             self.0.push_str(value);
             return Ok(());
         }
@@ -233,6 +242,23 @@ impl Write for JsonEscaped<'_> {
     }
 }
 
+/// Whether `bytes` hold a control character, a quote or a backslash: the bytes a JSON string
+/// must escape. Eight at a time, with the classic word tricks (a zero byte in `w ^ "…"` is a
+/// quote; `w - 0x20…20` borrows into a byte's top bit only below 0x20); each test is exact as to
+/// whether such a byte exists, which is all this answers.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const TOPS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & TOPS;
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+        found |= below(w, 0x20) | below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1);
+    }
+    found != 0 || words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// `value` as a JSON string (RFC 8259 §7).
 fn push_json_string(line: &mut String, value: &str) {
     line.push('"');
@@ -245,6 +271,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Collects what is written, for a test to read.
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
 
@@ -258,8 +285,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_event_is_one_line_of_valid_json_with_its_fields() {
+    /// The lines [`JsonLines`] writes for the events `log` makes.
+    pub(super) fn json_lines_of(log: impl FnOnce()) -> String {
         let sink = Sink::default();
         let writer = sink.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -267,11 +294,17 @@ mod tests {
                 .event_format(JsonLines)
                 .with_writer(move || writer.clone()),
         );
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn each_event_is_one_line_of_valid_json_with_its_fields() {
+        let text = json_lines_of(|| {
             tracing::info!(target: "token_broker::audit", subject = %"a\"b\\c\nd\u{1}", upstream = "triumph", cache_hit = true, n = 3u64, d = -2i64, ms = 1.5f64, "odd \"name\"" = 4u64, "token served");
             tracing::warn!("second");
         });
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
@@ -293,6 +326,34 @@ mod tests {
         let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(second["level"], "WARN");
         assert_eq!(second["message"], "second");
+    }
+
+    #[test]
+    fn every_byte_that_needs_escaping_is_found_wherever_it_stands() {
+        // Each byte value at each position of strings long enough to span words and a remainder.
+        for len in 1..=19 {
+            for at in 0..len {
+                for b in 0..=0x7fu8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let expected = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&bytes), expected, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        // Bytes of multi-byte characters never need escaping, next to the ones that do or not.
+        assert!(!needs_escape("héllo wörld — ✓ 𝄞 plain".as_bytes()));
+        assert!(needs_escape("héllo wörld — ✓ 𝄞\"".as_bytes()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lines_are_valid_json_whatever_the_values(value in "\\PC*|[\\x00-\\x7f]*") {
+            let mut line = String::new();
+            push_json_string(&mut line, &value);
+            let parsed: String = serde_json::from_str(&line).unwrap();
+            proptest::prop_assert_eq!(parsed, value);
+        }
     }
 
     #[test]

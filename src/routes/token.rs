@@ -1,5 +1,6 @@
 //! `GET|POST /v1/token/{upstream}`: who is calling → what they may get → the cached token.
 
+use crate::telemetry::audit::TokenServed;
 use crate::telemetry::traces;
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::http::Method;
@@ -140,20 +141,17 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     };
     upstream.served_metrics.served(served.cache_hit);
     RequestId::with(req, |request_id| {
-        // Plain `&str` fields are written as they are (`%` would go through the formatting
-        // machinery).
-        tracing::info!(
-            target: "token_broker::audit",
+        TokenServed {
             request_id,
-            authenticator = &*identity.authenticator,
-            subject = identity.subject.as_str(),
-            upstream = upstream.name(),
+            authenticator: &identity.authenticator,
+            subject: &identity.subject,
+            upstream: upstream.name(),
             // The served token's key is these scopes: its copy of them, joined once, is written.
-            scopes = served.token.answer.requested(),
-            cache_hit = served.cache_hit,
-            token_fingerprint = served.token.answer.fingerprint(),
-            "token served"
-        )
+            scopes: served.token.answer.requested(),
+            cache_hit: served.cache_hit,
+            token_fingerprint: served.token.answer.fingerprint(),
+        }
+        .log()
     });
     let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
     // A static header value: `ContentType::json()` would copy "application/json" into a new one.

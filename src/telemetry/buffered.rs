@@ -34,6 +34,11 @@ impl<W: Write> Buffered<W> {
         let _ = self.lock().flush();
     }
 
+    /// Adds an info line (a whole line, `\n` included) to what has gathered.
+    pub fn write_line(&self, line: &[u8]) {
+        let _ = self.lock().write_all(line);
+    }
+
     /// As [`Self::flush`], unless the buffer is in use (a panic inside a write must not deadlock).
     fn flush_if_free(&self) {
         if let Ok(mut out) = self.out.try_lock() {
