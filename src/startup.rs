@@ -240,12 +240,13 @@ impl Application {
         let broker = web::Data::new(assemble(settings, clock)?);
         let public_broker = broker.clone();
         let server = HttpServer::new(move || {
+            let state = public_broker.state();
             // Request id, access line and metric, then CORS (so that every answer within, the
             // header limit's 431 included, carries the CORS headers), then the header limit.
             App::new()
                 .wrap(middleware::Front)
                 .app_data(public_broker.clone())
-                .configure(routes::token::configure)
+                .configure(routes::token::configure(state.upstreams.keys().map(String::as_str)))
                 .configure(routes::client_js::configure)
                 .configure(routes::public_tokens::configure)
                 .configure(routes::proxy::configure)

@@ -18,24 +18,49 @@ use crate::state::{AppState, Broker};
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1/token")
-            .wrap(no_store())
-            .service(
-                // One handler that looks at the method itself: actix-web's method guards record
-                // every guard they try in the request (an allocation and an extension each).
-                web::resource("/{upstream}").name("/v1/token/{upstream}").to(token),
-            )
-            .service(
-                web::resource("/{upstream}/refresh")
-                    .name("/v1/token/{upstream}/refresh")
-                    .route(web::post().to(post_refresh))
-                    .default_service(web::to(|| async {
-                        Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST"))
-                    })),
-            ),
-    );
+/// The token routes. `upstreams` are the names configured when the app is built: each gets a
+/// route of its own, a fixed path that actix-web matches by comparing text, before the route
+/// with the `{upstream}` segment, which it matches with a regular expression (on a warm request,
+/// that cost about 4% of the broker's instructions). The latter serves the upstreams a reload
+/// adds; the name of one a reload removes finds no upstream, as on the general route.
+pub fn configure<'a>(upstreams: impl IntoIterator<Item = &'a str>) -> impl FnOnce(&mut web::ServiceConfig) {
+    let fixed: Vec<String> = upstreams.into_iter().map(|name| format!("/{name}")).collect();
+    move |cfg| {
+        let mut scope = web::scope(SCOPE).wrap(no_store());
+        for path in fixed {
+            scope = scope.service(web::resource(path).name(ROUTE).to(token));
+        }
+        cfg.service(
+            scope
+                .service(
+                    // One handler that looks at the method itself: actix-web's method guards
+                    // record every guard they try in the request (an allocation and an extension
+                    // each).
+                    web::resource("/{upstream}").name(ROUTE).to(token),
+                )
+                .service(
+                    web::resource("/{upstream}/refresh")
+                        .name("/v1/token/{upstream}/refresh")
+                        .route(web::post().to(post_refresh))
+                        .default_service(web::to(|| async {
+                            Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST"))
+                        })),
+                ),
+        );
+    }
+}
+
+const SCOPE: &str = "/v1/token";
+/// The token route's name: its pattern, the `route` label of its metric.
+const ROUTE: &str = "/v1/token/{upstream}";
+
+/// The upstream a token route names: its `{upstream}` segment, or on an upstream's own route
+/// the path after the scope (the path as matched, percent-decoding applied).
+fn upstream_name(req: &HttpRequest) -> &str {
+    let path = req.match_info();
+    path.get("upstream")
+        .or_else(|| path.as_str().strip_prefix(SCOPE)?.strip_prefix('/'))
+        .unwrap_or_default()
 }
 
 /// The `scope` parameter, from the query or a form/JSON body, and on the refresh route the
@@ -93,9 +118,11 @@ enum Requested {
 async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Broker) -> Result<HttpResponse, ApiError> {
     let state = broker.state_for(req);
     let identity = authenticate(req, &state).await?;
-    // The route's `{upstream}` segment, borrowed rather than extracted into a new String.
-    let upstream_name = req.match_info().get("upstream").unwrap_or_default();
-    let upstream = state.upstreams.get(upstream_name).ok_or(ApiError::UnknownUpstream)?;
+    // Borrowed rather than extracted into a new String.
+    let upstream = state
+        .upstreams
+        .get(upstream_name(req))
+        .ok_or(ApiError::UnknownUpstream)?;
     if !upstream.settings.expose_tokens {
         return Err(ApiError::AccessDenied(Denied::TokensNotExposed));
     }

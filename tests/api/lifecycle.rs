@@ -146,6 +146,64 @@ async fn a_reload_keeps_what_unchanged_parts_learnt_the_issuers_keys_and_the_hou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_a_reload_adds_serves_tokens_on_the_same_route_as_the_configured_ones() {
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_url = format!("{}/token", upstream.uri());
+    let toml = config(&token_url, "client_secret_post");
+    let path = write(dir.path(), "broker.toml", &toml);
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    let get = |name: &str| {
+        http.get(format!("{}/v1/token/{name}", broker.base))
+            .header("X-API-Key", ALICE_KEY)
+            .send()
+    };
+    let status = |response: reqwest::Response| response.status().as_u16();
+    assert_eq!(status(get("triumph").await.unwrap()), 200);
+    assert_eq!(
+        status(get("tri%75mph").await.unwrap()),
+        200,
+        "percent-encoded, as before"
+    );
+    let unknown = get("added").await.unwrap();
+    assert_eq!(status(unknown), 404);
+
+    write(
+        dir.path(),
+        "broker.toml",
+        &format!(
+            "{toml}\n[upstreams.added]\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = {{ env = \"TRIUMPH_SECRET\" }}\nscopes = [\"reports:read\"]\n\n\
+             [[grants]]\nauthenticators = [\"api_key\"]\nsubjects = [\"alice\"]\n\
+             upstreams = {{ added = [\"reports:read\"] }}\n"
+        ),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    let added = get("added").await.unwrap();
+    assert_eq!(added.status(), 200);
+    let body: Value = added.json().await.unwrap();
+    assert_eq!(body["scope"], "reports:read");
+    assert_eq!(status(get("triumph").await.unwrap()), 200);
+
+    // All of them count under the one route label.
+    let metrics = http
+        .get(format!("{}/metrics", broker.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("token_broker_http_requests_total{route=\"/v1/token/{upstream}\",status=\"200\"}"))
+        .unwrap_or_default();
+    assert!(line.ends_with(" 4"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stderr_is_json_lines_with_an_audit_line_per_token_and_no_secrets_even_at_trace_level() {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))
