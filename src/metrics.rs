@@ -49,6 +49,8 @@ type Durations = Family<UpstreamLabel, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RouteStatus, Counter>,
+    /// Each known route's counter of 200 answers, once it has one (shared with the family).
+    route_ok: [std::sync::OnceLock<Counter>; KNOWN_ROUTES.len()],
     pub cache_hits: Family<UpstreamLabel, Counter>,
     pub cache_misses: Family<UpstreamLabel, Counter>,
     pub upstream_requests: Family<UpstreamOutcome, Counter>,
@@ -241,6 +243,7 @@ impl Metrics {
             shared_cache_errors,
             shared_cache_hits,
             http_requests,
+            route_ok: Default::default(),
             cache_hits,
             cache_misses,
             upstream_requests,
@@ -315,12 +318,15 @@ impl Metrics {
 
     /// Counts an answer; `route` is a resource name (one of a fixed set), else "unmatched".
     pub fn request(&self, route: &str, status: u16) {
-        let route = KNOWN_ROUTES
-            .iter()
-            .find(|known| **known == route)
-            .copied()
-            .unwrap_or("unmatched");
-        self.http_requests.get_or_create(&RouteStatus { route, status }).inc();
+        let known = KNOWN_ROUTES.iter().position(|known| *known == route);
+        let route = known.map_or("unmatched", |i| KNOWN_ROUTES[i]);
+        let count = || self.http_requests.get_or_create(&RouteStatus { route, status }).clone();
+        match known {
+            // A route's 200s, most of what is counted, keep their counter at hand: the family's
+            // lookup locks and hashes its label.
+            Some(i) if status == 200 => self.route_ok[i].get_or_init(count).inc(),
+            _ => count().inc(),
+        };
     }
 
     /// The OpenMetrics text exposition.
