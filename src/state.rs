@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix_web::HttpMessage;
 use arc_swap::ArcSwap;
 
 use crate::clock::SharedClock;
@@ -80,18 +79,6 @@ impl Broker {
     /// The configuration in force now; hold the `Arc` for as long as it is used.
     pub fn state(&self) -> Arc<AppState> {
         self.state.load_full()
-    }
-
-    /// The configuration `req` is served with: the first to ask (the outermost middleware) takes a
-    /// snapshot and keeps it in the request, so every middleware and the route see the same one,
-    /// in whatever order they run, even if a reload lands in the middle of the request.
-    pub fn state_for(&self, req: &impl HttpMessage) -> Arc<AppState> {
-        if let Some(state) = req.extensions().get::<Arc<AppState>>() {
-            return state.clone();
-        }
-        let state = self.state();
-        req.extensions_mut().insert(state.clone());
-        state
     }
 
     /// Puts a new configuration's state in force.

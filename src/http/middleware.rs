@@ -3,11 +3,12 @@
 //! [`crate::http::cors`]) and the header size limit (see [`crate::http::limits`]). They are one
 //! middleware, not three, because each layer of actix-web's `from_fn` boxes the service within
 //! and the future it returns: on the token route, three layers cost about as much as the
-//! handler's own work. All three take the request's configuration snapshot once, with
-//! [`Broker::state_for`], so they agree on one configuration with the routes.
+//! handler's own work. The configuration snapshot is taken once, here, and kept in the request
+//! for the routes (see [`super::observe::state_of`]): all agree on one configuration.
 
 use std::future::{ready, Ready};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -81,7 +82,7 @@ where
     B: MessageBody,
 {
     let broker = broker_of(&req)?;
-    let state = broker.state_for(&req);
+    let state = broker.state();
     let scheme = if req.app_config().secure() { "https" } else { "http" };
     let client = state
         .trusted_proxies
@@ -101,6 +102,7 @@ where
             ip: client.ip,
             scheme: if client.scheme == "https" { "https" } else { "http" },
         },
+        state: Arc::clone(&state),
     });
 
     // Only the access line needs the request's duration.

@@ -5,7 +5,11 @@
 //! that want spans. Fields are explicit on each line because formatting span fields into every
 //! JSON line cost a third of the broker's throughput.
 
+use std::sync::Arc;
+
 use actix_web::http::header::{HeaderName, HeaderValue};
+
+use crate::state::{AppState, Broker};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -18,10 +22,21 @@ pub struct ClientAddress {
 
 /// What `observe` learns of a request, kept in its extensions as one entry (one insert per
 /// request rather than one per fact).
-#[derive(Debug, Clone)]
 pub struct Observed {
     pub id: RequestId,
     pub address: ClientAddress,
+    /// The configuration the request is served with (see [`state_of`]).
+    pub state: Arc<AppState>,
+}
+
+/// The configuration `req` is served with: the snapshot the public app's middleware took when the
+/// request came in and keeps in it, so that the middleware and the route see the same one even if
+/// a reload lands in the middle of the request. Outside that middleware, the one in force now.
+pub fn state_of(req: &actix_web::HttpRequest, broker: &Broker) -> Arc<AppState> {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<Observed>()
+        .map_or_else(|| broker.state(), |observed| Arc::clone(&observed.state))
 }
 
 impl ClientAddress {

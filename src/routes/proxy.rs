@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 
 use crate::http::errors::ApiError;
-use crate::http::observe::{ClientAddress, RequestId};
+use crate::http::observe::{state_of, ClientAddress, RequestId};
 use crate::policy::Denied;
 use crate::proxy::config::ProxySettings;
 use crate::proxy::forward::ForwardError;
@@ -54,7 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
-    let state = broker.state_for(&req);
+    let state = state_of(&req, &broker);
     let websocket = is_websocket_handshake(&req);
     let check = if websocket {
         CrossSiteCheck::AllowedOrigin

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
-use crate::http::observe::RequestId;
+use crate::http::observe::{state_of, RequestId};
 use crate::identity::{Identity, Method};
 use crate::policy::Denied;
 use crate::public_tokens::{expiration, TokenScopes};
@@ -59,7 +59,7 @@ enum ScopeRequest {
 }
 
 async fn mint(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
-    let state = broker.state_for(&req);
+    let state = state_of(&req, &broker);
     let (Some(tokens), Some(settings)) = (&state.public_tokens, &state.settings.public_tokens) else {
         return Err(ApiError::NotConfigured("public tokens are not configured"));
     };

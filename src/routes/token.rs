@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::http::errors::ApiError;
 use crate::http::headers::no_store;
-use crate::http::observe::RequestId;
+use crate::http::observe::{state_of, RequestId};
 use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
 use crate::scope::{parse_scope_param, ScopeSet};
@@ -116,7 +116,7 @@ enum Requested {
 }
 
 async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Broker) -> Result<HttpResponse, ApiError> {
-    let state = broker.state_for(req);
+    let state = state_of(req, broker);
     let identity = authenticate(req, &state).await?;
     // Borrowed rather than extracted into a new String.
     let upstream = state
