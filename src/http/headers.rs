@@ -1,13 +1,31 @@
 //! Headers on every answer of the token routes, errors included: tokens must never be cached,
 //! sniffed or leaked through a referrer.
 
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::DefaultHeaders;
+use actix_web::HttpResponse;
 
+const NO_STORE: [(HeaderName, HeaderValue); 5] = [
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+];
+
+/// The headers as a middleware, for a scope of routes.
 pub fn no_store() -> DefaultHeaders {
-    DefaultHeaders::new()
-        .add(("Cache-Control", "no-store"))
-        .add(("Pragma", "no-cache"))
-        .add(("X-Content-Type-Options", "nosniff"))
-        .add(("Referrer-Policy", "no-referrer"))
-        .add(("Content-Type", "application/json"))
+    NO_STORE.into_iter().fold(DefaultHeaders::new(), DefaultHeaders::add)
+}
+
+/// The headers on one answer, where they are not set already: for a handler that answers all of
+/// its requests itself (on the token route, the middleware layer cost more than the headers).
+pub fn with_no_store(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers_mut();
+    for (name, value) in NO_STORE {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
+    response
 }

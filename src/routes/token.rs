@@ -2,14 +2,14 @@
 
 use crate::telemetry::audit::TokenServed;
 use crate::telemetry::traces;
-use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::Method;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use opentelemetry::trace::SpanKind;
 use serde::Deserialize;
 
 use crate::http::errors::ApiError;
-use crate::http::headers::no_store;
+use crate::http::headers::with_no_store;
 use crate::http::observe::{state_of, RequestId};
 use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
@@ -23,43 +23,38 @@ use crate::upstream::UpstreamError;
 /// with the `{upstream}` segment, which it matches with a regular expression (on a warm request,
 /// that cost about 4% of the broker's instructions). The latter serves the upstreams a reload
 /// adds; the name of one a reload removes finds no upstream, as on the general route.
+///
+/// The routes are the app's own, not a scope's, and put the no-store headers on their answers
+/// themselves: a scope and its middleware were two more layers for every request to pass.
 pub fn configure<'a>(upstreams: impl IntoIterator<Item = &'a str>) -> impl FnOnce(&mut web::ServiceConfig) {
-    let fixed: Vec<String> = upstreams.into_iter().map(|name| format!("/{name}")).collect();
+    let fixed: Vec<String> = upstreams.into_iter().map(|name| format!("{PREFIX}{name}")).collect();
     move |cfg| {
-        let mut scope = web::scope(SCOPE).wrap(no_store());
         for path in fixed {
-            scope = scope.service(web::resource(path).name(ROUTE).to(token));
+            cfg.service(web::resource(path).name(ROUTE).to(token));
         }
         cfg.service(
-            scope
-                .service(
-                    // One handler that looks at the method itself: actix-web's method guards
-                    // record every guard they try in the request (an allocation and an extension
-                    // each).
-                    web::resource("/{upstream}").name(ROUTE).to(token),
-                )
-                .service(
-                    web::resource("/{upstream}/refresh")
-                        .name("/v1/token/{upstream}/refresh")
-                        .route(web::post().to(post_refresh))
-                        .default_service(web::to(|| async {
-                            Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST"))
-                        })),
-                ),
+            // One handler that looks at the method itself: actix-web's method guards record
+            // every guard they try in the request (an allocation and an extension each).
+            web::resource(ROUTE).name(ROUTE).to(token),
+        )
+        .service(
+            web::resource("/v1/token/{upstream}/refresh")
+                .name("/v1/token/{upstream}/refresh")
+                .default_service(web::to(refresh)),
         );
     }
 }
 
-const SCOPE: &str = "/v1/token";
-/// The token route's name: its pattern, the `route` label of its metric.
+const PREFIX: &str = "/v1/token/";
+/// The token route's pattern, and its name: the `route` label of its metric.
 const ROUTE: &str = "/v1/token/{upstream}";
 
 /// The upstream a token route names: its `{upstream}` segment, or on an upstream's own route
-/// the path after the scope (the path as matched, percent-decoding applied).
+/// the rest of the path (as matched, percent-decoding applied).
 fn upstream_name(req: &HttpRequest) -> &str {
     let path = req.match_info();
     path.get("upstream")
-        .or_else(|| path.as_str().strip_prefix(SCOPE)?.strip_prefix('/'))
+        .or_else(|| path.as_str().strip_prefix(PREFIX))
         .unwrap_or_default()
 }
 
@@ -71,12 +66,22 @@ struct ScopeParam {
     access_token: Option<String>,
 }
 
-async fn token(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
-    match *req.method() {
+async fn token(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> HttpResponse {
+    let answer = match *req.method() {
         Method::GET => get_token(req, broker).await,
         Method::POST => post_token(req, payload, broker).await,
         _ => Err(ApiError::MethodNotAllowed("GET, POST")),
-    }
+    };
+    with_no_store(answer.unwrap_or_else(|error| error.error_response()))
+}
+
+/// `POST /v1/token/{upstream}/refresh`; other methods are answered 405.
+async fn refresh(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> HttpResponse {
+    let answer = match *req.method() {
+        Method::POST => post_refresh(req, payload, broker).await,
+        _ => Err(ApiError::MethodNotAllowed("POST")),
+    };
+    with_no_store(answer.unwrap_or_else(|error| error.error_response()))
 }
 
 async fn get_token(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
@@ -181,10 +186,8 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
         .log()
     });
     let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
-    // A static header value: `ContentType::json()` would copy "application/json" into a new one.
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(json))
+    // Its Content-Type is among the no-store headers `token` adds.
+    Ok(HttpResponse::Ok().body(json))
 }
 
 /// The parameters of a POST: the body's, with a `scope` in the query counting as in the body.
