@@ -9,7 +9,7 @@ use opentelemetry::trace::SpanKind;
 use serde::Deserialize;
 
 use crate::http::errors::ApiError;
-use crate::http::headers::with_no_store;
+use crate::http::headers::{no_store_headers, with_no_store};
 use crate::http::observe::{state_of, RequestId};
 use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
@@ -72,7 +72,8 @@ async fn token(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
         Method::POST => post_token(req, payload, broker).await,
         _ => Err(ApiError::MethodNotAllowed("GET, POST")),
     };
-    with_no_store(answer.unwrap_or_else(|error| error.error_response()))
+    // A token's answer has the no-store headers already (see `serve`); an error's are added.
+    answer.unwrap_or_else(|error| with_no_store(error.error_response()))
 }
 
 /// `POST /v1/token/{upstream}/refresh`; other methods are answered 405.
@@ -81,7 +82,8 @@ async fn refresh(req: HttpRequest, payload: web::Payload, broker: web::Data<Brok
         Method::POST => post_refresh(req, payload, broker).await,
         _ => Err(ApiError::MethodNotAllowed("POST")),
     };
-    with_no_store(answer.unwrap_or_else(|error| error.error_response()))
+    // A token's answer has the no-store headers already (see `serve`); an error's are added.
+    answer.unwrap_or_else(|error| with_no_store(error.error_response()))
 }
 
 async fn get_token(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
@@ -186,8 +188,9 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
         .log()
     });
     let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
-    // Its Content-Type is among the no-store headers `token` adds.
-    Ok(HttpResponse::Ok().body(json))
+    let mut response = HttpResponse::Ok().body(json);
+    *response.headers_mut() = no_store_headers();
+    Ok(response)
 }
 
 /// The parameters of a POST: the body's, with a `scope` in the query counting as in the body.
