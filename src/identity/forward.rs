@@ -96,7 +96,8 @@ impl ForwardAuthenticator {
 
     /// `name=value` pairs of the configured cookies only, in configured order.
     fn forwarded_cookies(&self, headers: &HeaderMap) -> String {
-        let mut pairs = String::new();
+        // About as long as the Cookie headers at most: one allocation, usually, not one per growth.
+        let mut pairs = String::with_capacity(headers.get_all(COOKIE).map(|v| v.len() + 2).sum());
         for name in &self.settings.forward_cookies {
             let value = headers
                 .get_all(COOKIE)
