@@ -6,14 +6,15 @@
 
 use std::fmt;
 
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretString};
 
 pub struct Answer {
     /// The answer up to and including `"expires_in":`, the rest of it from `,"scope":`, then
     /// what the audit line reports of the token (its key's scopes, its fingerprint): one
     /// allocation, as a warm request reads all four. It holds the token, so it is kept as a
     /// secret (never in a `Debug` output, wiped when dropped).
-    text: SecretSlice<u8>,
+    /// Text, so that the audit line's parts are read without checking their UTF-8 again.
+    text: SecretString,
     /// Where the rest of the answer, the scopes and the fingerprint start in `text`.
     tail: usize,
     requested: usize,
@@ -35,6 +36,8 @@ impl Answer {
         text.extend_from_slice(requested.as_bytes());
         let at_fingerprint = text.len();
         text.extend_from_slice(fingerprint.as_bytes());
+        // JSON-escaped `&str`s and `&str`s: always UTF-8, checked once here.
+        let text = String::from_utf8(text).unwrap_or_default();
         Self {
             text: text.into(),
             tail,
@@ -45,7 +48,7 @@ impl Answer {
 
     /// The answer's bytes for a token that expires in `expires_in` seconds, at `expires_at`.
     pub fn body(&self, expires_in: u64, expires_at: u64) -> Vec<u8> {
-        let text = self.text.expose_secret();
+        let text = self.text.expose_secret().as_bytes();
         let (head, tail) = (&text[..self.tail], &text[self.tail..self.requested]);
         let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
         let (expires_in, expires_at) = (numbers.0.format(expires_in), numbers.1.format(expires_at));
@@ -68,9 +71,9 @@ impl Answer {
         self.text_at(self.fingerprint, self.text.expose_secret().len())
     }
 
-    /// Text that was a `&str` when the answer was made (so always UTF-8).
+    /// Text that was a `&str` when the answer was made (so on a character boundary at both ends).
     fn text_at(&self, from: usize, to: usize) -> &str {
-        std::str::from_utf8(&self.text.expose_secret()[from..to]).unwrap_or_default()
+        self.text.expose_secret().get(from..to).unwrap_or_default()
     }
 }
 
