@@ -479,11 +479,11 @@ mod tests {
     }
 
     fn key(credentials: u8, scopes: &[&str]) -> CacheKey {
-        CacheKey {
-            upstream: "triumph".into(),
-            settings: Fingerprint([credentials; 32]),
-            scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect::<ScopeSet>(),
-        }
+        CacheKey::from_parts(
+            "triumph",
+            Fingerprint([credentials; 32]),
+            &scopes.iter().map(|s| Scope::parse(s).unwrap()).collect::<ScopeSet>(),
+        )
     }
 
     fn stored() -> StoredToken {
