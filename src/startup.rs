@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpServer, ResponseError};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::http::auth_failures::AuthFailureLimit;
 use crate::http::cors::CorsPolicy;
 use crate::http::errors::ApiError;
 use crate::http::forwarded::TrustedProxies;
+use crate::http::headers::with_no_store;
 use crate::http::middleware;
 use crate::http::rate_limit::IdentityRateLimit;
 use crate::identity::Chain;
@@ -250,9 +251,9 @@ impl Application {
                 .configure(routes::client_js::configure)
                 .configure(routes::public_tokens::configure)
                 .configure(routes::proxy::configure)
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
-                }))
+                // With the token routes' headers: a path next to them (a trailing slash, one
+                // more segment) is answered like they are.
+                .default_service(web::to(|| async { with_no_store(ApiError::NotFound.error_response()) }))
         })
         .workers(workers)
         .shutdown_timeout(grace)

@@ -33,14 +33,38 @@ pub fn no_store_headers() -> HeaderMap {
     HEADERS.clone()
 }
 
-/// The headers on one answer, where they are not set already: for a handler that answers all of
-/// its requests itself (on the token route, the middleware layer cost more than the headers).
+/// The headers on one answer: for a handler that answers all of its requests itself (on the token
+/// route, the middleware layer cost more than the headers). They replace what the answer had,
+/// except its `Content-Type`, which is kept when set.
 pub fn with_no_store(mut response: HttpResponse) -> HttpResponse {
     let headers = response.headers_mut();
     for (name, value) in NO_STORE {
-        if !headers.contains_key(&name) {
+        if name != header::CONTENT_TYPE || !headers.contains_key(&name) {
             headers.insert(name, value);
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_says_otherwise_still_gets_the_no_store_headers_and_keeps_its_type() {
+        let response = with_no_store(
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "public, max-age=600"))
+                .insert_header((header::PRAGMA, "cache"))
+                .insert_header((header::CONTENT_TYPE, "text/plain"))
+                .finish(),
+        );
+        let headers = response.headers();
+        assert_eq!(headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(headers.get(header::PRAGMA).unwrap(), "no-cache");
+        assert_eq!(headers.get(header::X_CONTENT_TYPE_OPTIONS).unwrap(), "nosniff");
+        assert_eq!(headers.get(header::REFERRER_POLICY).unwrap(), "no-referrer");
+        assert_eq!(headers.get(header::CONTENT_TYPE).unwrap(), "text/plain");
+        assert_eq!(headers.get_all(header::CACHE_CONTROL).count(), 1);
+    }
 }

@@ -243,6 +243,29 @@ async fn other_methods_are_405_with_the_same_headers() {
 }
 
 #[tokio::test]
+async fn paths_next_to_the_token_routes_are_404_with_the_same_headers() {
+    let (app, upstream) = setup().await;
+    for tail in [
+        "",
+        "triumph/",
+        "triumph/extra",
+        "triumph/refresh/",
+        "triumph/refresh/extra",
+    ] {
+        let response = app
+            .http
+            .get(app.token_url(tail))
+            .header("X-API-Key", ALICE_KEY)
+            .send()
+            .await
+            .unwrap();
+        let body = error_of(response, 404).await;
+        assert_eq!(body["error"], "not_found", "{tail}: {body}");
+    }
+    assert_eq!(upstream_calls(&upstream).await, 0);
+}
+
+#[tokio::test]
 async fn healthz_answers_on_the_admin_listener_only() {
     let (app, _upstream) = setup().await;
     let response = app.http.get(format!("{}/healthz", app.admin)).send().await.unwrap();
