@@ -24,19 +24,9 @@ pub struct Answer {
 impl Answer {
     /// `requested` are the token's key's scopes, space-separated; `fingerprint` its short name.
     pub fn new(access_token: &str, scope: &str, requested: &str, fingerprint: &str) -> Self {
-        let mut text = Vec::with_capacity(access_token.len() + scope.len() + requested.len() + 96);
-        text.extend_from_slice(b"{\"access_token\":");
-        push_json_string(&mut text, access_token);
-        text.extend_from_slice(b",\"token_type\":\"Bearer\",\"expires_in\":");
-        let tail = text.len();
-        text.extend_from_slice(b",\"scope\":");
-        push_json_string(&mut text, scope);
-        text.push(b'}');
-        let at_requested = text.len();
-        text.extend_from_slice(requested.as_bytes());
-        let at_fingerprint = text.len();
-        text.extend_from_slice(fingerprint.as_bytes());
-        // JSON-escaped `&str`s and `&str`s: always UTF-8, checked once here.
+        let (text, tail, at_requested, at_fingerprint) = text(access_token, scope, requested, fingerprint);
+        // JSON-escaped `&str`s and `&str`s: always UTF-8, checked once here. Made at its exact
+        // size, the text becomes the secret's box where it is, without a copy left unwiped.
         let text = String::from_utf8(text).unwrap_or_default();
         Self {
             text: text.into(),
@@ -83,10 +73,52 @@ impl fmt::Debug for Answer {
     }
 }
 
+/// The answer's text and where its tail, the scopes and the fingerprint start in it, in one
+/// allocation of exactly its size: growing or shrinking it would leave a copy of the token behind
+/// in freed memory, where nothing wipes it.
+fn text(access_token: &str, scope: &str, requested: &str, fingerprint: &str) -> (Vec<u8>, usize, usize, usize) {
+    const HEAD: &[u8] = b"{\"access_token\":";
+    const MIDDLE: &[u8] = b",\"token_type\":\"Bearer\",\"expires_in\":";
+    const SCOPE: &[u8] = b",\"scope\":";
+    let size = HEAD.len()
+        + json_len(access_token)
+        + MIDDLE.len()
+        + SCOPE.len()
+        + json_len(scope)
+        + 1
+        + requested.len()
+        + fingerprint.len();
+    let mut text = Vec::with_capacity(size);
+    text.extend_from_slice(HEAD);
+    push_json_string(&mut text, access_token);
+    text.extend_from_slice(MIDDLE);
+    let tail = text.len();
+    text.extend_from_slice(SCOPE);
+    push_json_string(&mut text, scope);
+    text.push(b'}');
+    let at_requested = text.len();
+    text.extend_from_slice(requested.as_bytes());
+    let at_fingerprint = text.len();
+    text.extend_from_slice(fingerprint.as_bytes());
+    (text, tail, at_requested, at_fingerprint)
+}
+
 /// `value` as a JSON string, escaped as serde_json escapes it.
 fn push_json_string(out: &mut Vec<u8>, value: &str) {
     // Writing a `&str` into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// The length of `value` as serde_json writes it: quoted, with `"`, `\\` and the control
+/// characters escaped (`\n` and its like in two bytes, the others as `\u00XX`).
+fn json_len(value: &str) -> usize {
+    value.bytes().fold(2, |size, byte| {
+        size + match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -126,6 +158,23 @@ mod tests {
             String::from_utf8(Answer::new("t", "s", "s", "f").body(0, u64::MAX)).unwrap(),
             format!("{{\"access_token\":\"t\",\"token_type\":\"Bearer\",\"expires_in\":0,\"expires_at\":{},\"scope\":\"s\"}}", u64::MAX)
         );
+    }
+
+    #[test]
+    fn the_text_is_made_at_its_exact_size_whatever_the_token_holds() {
+        let every_byte: String = (0u8..0x80).map(char::from).collect();
+        for token in ["tok-123", "", "a\"quote\\and\nnewline\u{1}\u{1f}é", every_byte.as_str()] {
+            let (text, ..) = text(token, token, "reports:read", "0123456789ab");
+            assert_eq!(text.capacity(), text.len(), "{token:?}");
+        }
+        for byte in 0u8..0x80 {
+            let value = char::from(byte).to_string();
+            assert_eq!(
+                json_len(&value),
+                serde_json::to_string(&value).unwrap().len(),
+                "{byte:#x}"
+            );
+        }
     }
 
     #[test]
