@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::entries::Entries;
 use super::answer::Answer;
 use super::key::{CacheKey, KeyRef};
 use super::store::{Lock, SharedStore, StoredToken};
@@ -266,7 +267,7 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
 /// Cheap to clone: background refreshes hold a handle.
 #[derive(Clone)]
 pub struct TokenCache {
-    entries: Cache<CacheKey, Arc<CachedToken>, RandomState>,
+    entries: Arc<Entries>,
     /// The Redis tier shared with other replicas, when configured.
     shared: Option<Arc<dyn SharedStore>>,
     clock: SharedClock,
@@ -284,11 +285,14 @@ impl TokenCache {
         shared: Option<Arc<dyn SharedStore>>,
     ) -> Self {
         Self {
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(ServedLife)
-                .support_invalidation_closures()
-                .build_with_hasher(RandomState::default()),
+            entries: Arc::new(Entries::new(
+                Cache::builder()
+                    .max_capacity(max_entries)
+                    .expire_after(ServedLife)
+                    .support_invalidation_closures()
+                    .build_with_hasher(RandomState::default()),
+                max_entries,
+            )),
             shared,
             clock,
             metrics,
@@ -305,9 +309,10 @@ impl TokenCache {
     /// reload removed it).
     pub fn retain_credentials(&self, upstream: &str, credentials: Vec<Fingerprint>) {
         let upstream = upstream.to_string();
-        if let Err(e) = self.entries.invalidate_entries_if(move |key, token| {
-            key.upstream == upstream && !credentials.contains(&token.credential)
-        }) {
+        if let Err(e) = self
+            .entries
+            .invalidate_if(move |key, token| key.upstream == upstream && !credentials.contains(&token.credential))
+        {
             tracing::error!(error = %e, "could not drop cached tokens");
         }
     }
@@ -315,10 +320,7 @@ impl TokenCache {
     /// Drops every cached token of `upstream` (its token settings changed).
     pub fn invalidate_upstream(&self, upstream: &str) {
         let upstream = upstream.to_string();
-        if let Err(e) = self
-            .entries
-            .invalidate_entries_if(move |key, _| key.upstream == upstream)
-        {
+        if let Err(e) = self.entries.invalidate_if(move |key, _| key.upstream == upstream) {
             tracing::error!(error = %e, "could not drop cached tokens");
         }
     }
@@ -327,7 +329,7 @@ impl TokenCache {
     pub async fn get(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
         let key = KeyRef::new(upstream, scopes);
         // The hot path: a servable token in memory, without the coalescing machinery.
-        if let Some(token) = self.entries.get(&key).await {
+        if let Some(token) = self.entries.get_warm(&key).await {
             let now = self.clock.now();
             if token.serve_until > now && upstream.accepts(&token.credential) {
                 return Ok(self.serve(upstream, || key.to_key(), token, now, true));
@@ -404,8 +406,7 @@ impl TokenCache {
             if current.is(rejected) && age >= replace_interval(current.lifetime) {
                 let replaced = self
                     .entries
-                    .entry(key.clone())
-                    .and_try_compute_with(|entry| async move {
+                    .compute(key.clone(), |entry| async move {
                         match entry {
                             Some(entry) if Arc::ptr_eq(entry.value(), &current) => {
                                 may_replace().map_err(ReplaceError::TooFrequent)?;
@@ -574,14 +575,14 @@ impl TokenCache {
     /// Drops the entry for `key` only if it is still `stale`, so a fresher token fetched by
     /// another caller in the meantime is kept.
     async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<CachedToken>) {
-        self.entries
-            .entry(key.clone())
-            .and_compute_with(|current| {
+        let _ = self
+            .entries
+            .compute(key.clone(), |current| {
                 let op = match current {
                     Some(entry) if Arc::ptr_eq(entry.value(), stale) => Op::Remove,
                     _ => Op::Nop,
                 };
-                std::future::ready(op)
+                std::future::ready(Ok::<_, std::convert::Infallible>(op))
             })
             .await;
     }
@@ -589,6 +590,8 @@ impl TokenCache {
 
 #[path = "cache_admin.rs"]
 mod admin;
+#[path = "cache_entries.rs"]
+mod entries;
 
 #[cfg(test)]
 #[path = "cache_tests.rs"]

@@ -104,7 +104,7 @@ impl TokenCache {
             tracing::info!("another replica evicted an upstream's tokens: dropping them here too");
             if let Err(e) = cache
                 .entries
-                .invalidate_entries_if(move |key, _| tags.upstream_tag(&key.upstream) == tag)
+                .invalidate_if(move |key, _| tags.upstream_tag(&key.upstream) == tag)
             {
                 tracing::error!(error = %e, "could not drop cached tokens");
             }

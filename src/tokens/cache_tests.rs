@@ -288,3 +288,53 @@ async fn a_lock_held_elsewhere_is_waited_for_at_most_the_upstream_timeout() {
     );
     assert_eq!(f.fetches(), 1);
 }
+
+/// A thread recalls the warm tokens it served, in front of moka: every change to the entries
+/// must still reach that thread's next request. Each case reads the token warm twice (the
+/// second time it is recalled), changes the entries, and asks again.
+#[tokio::test]
+async fn a_thread_that_recalls_a_token_sees_every_change_to_the_entries() {
+    let f = fixture(3600, None).await;
+    let warm = || async {
+        let first = f.token().await.0;
+        assert_eq!(f.token().await, (first.clone(), true));
+        assert_eq!(f.token().await, (first, true));
+    };
+    warm().await;
+    f.cache.invalidate_upstream("u");
+    assert_eq!(f.token().await, ("token-2".into(), false), "upstream's tokens dropped");
+    warm().await;
+    f.cache.retain_credentials("u", Vec::new());
+    assert_eq!(f.token().await, ("token-3".into(), false), "credential no longer held");
+    warm().await;
+    assert_eq!(f.cache.evict("u").await.0, 1);
+    assert_eq!(f.token().await, ("token-4".into(), false), "evicted by an operator");
+    warm().await;
+    assert_eq!(f.cache.refresh_now(&f.upstream).await, (1, 0));
+    assert_eq!(f.token().await, ("token-5".into(), true), "refreshed by an operator");
+    assert_eq!(f.fetches(), 5);
+}
+
+/// Tests (and a process's reloads) make several caches that the same threads serve: a token one
+/// cache's thread recalls is never another cache's answer, even at the same count of changes.
+#[tokio::test]
+async fn a_cache_never_answers_with_a_token_another_cache_served_on_the_same_thread() {
+    let f = fixture(3600, None).await;
+    f.token().await;
+    assert_eq!(f.token().await, ("token-1".into(), true));
+    let other = TokenCache::new(
+        f.clock.clone(),
+        Arc::new(Metrics::new()),
+        100,
+        Duration::from_secs(60),
+        None,
+    );
+    // One change each: both at the same generation.
+    other.invalidate_upstream("u");
+    let served = other.get(&f.upstream, &f.scopes).await.unwrap();
+    assert_eq!(
+        (served.token.access_token.expose_secret(), served.cache_hit),
+        ("token-2", false)
+    );
+    assert_eq!(f.token().await, ("token-1".into(), true));
+}

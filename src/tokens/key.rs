@@ -48,23 +48,41 @@ impl CacheKey {
     }
 
     fn with_hash(upstream: &str, settings: Fingerprint, scopes: &ScopeSet, hash: u64) -> Self {
-        let mut text =
-            String::with_capacity(upstream.len() + 1 + scopes.iter().map(|s| s.as_str().len() + 1).sum::<usize>());
-        text.push_str(upstream);
-        text.push('\n');
-        for (i, scope) in scopes.iter().enumerate() {
-            if i > 0 {
-                text.push(' ');
-            }
-            text.push_str(scope.as_str());
-        }
         Self {
             upstream: upstream.to_string(),
             settings,
             scopes: scopes.clone(),
-            text: text.into(),
+            text: text_of(upstream, scopes),
             hash,
         }
+    }
+}
+
+fn text_of(upstream: &str, scopes: &ScopeSet) -> Box<str> {
+    let mut text =
+        String::with_capacity(upstream.len() + 1 + scopes.iter().map(|s| s.as_str().len() + 1).sum::<usize>());
+    text.push_str(upstream);
+    text.push('\n');
+    for (i, scope) in scopes.iter().enumerate() {
+        if i > 0 {
+            text.push(' ');
+        }
+        text.push_str(scope.as_str());
+    }
+    text.into()
+}
+
+/// What a lookup compares of a key, without the parts themselves: a worker thread's
+/// recollection of the tokens it served keeps this, without the name's and the scopes' own copies.
+pub(super) struct KeyText {
+    hash: u64,
+    settings: Fingerprint,
+    text: Box<str>,
+}
+
+impl KeyText {
+    pub(super) fn hash_value(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -105,9 +123,28 @@ impl<'a> KeyRef<'a> {
         }
     }
 
+    /// The hash of the key's parts: the same as the key's [`CacheKey::hash_value`].
+    pub(super) fn hash_value(&self) -> u64 {
+        self.hash
+    }
+
     /// The key itself, to file a token under.
     pub fn to_key(&self) -> CacheKey {
         CacheKey::with_hash(self.upstream, self.settings, self.scopes, self.hash)
+    }
+
+    /// What a lookup compares of this key.
+    pub(super) fn to_text(&self) -> KeyText {
+        KeyText {
+            hash: self.hash,
+            settings: self.settings,
+            text: text_of(self.upstream, self.scopes),
+        }
+    }
+
+    /// Whether `key` is this key's: the same as [`Equivalent::equivalent`] for the whole key.
+    pub(super) fn is(&self, key: &KeyText) -> bool {
+        self.hash == key.hash && self.settings == key.settings && self.spells(&key.text)
     }
 
     /// Whether `text` is this key's text, read in place.
@@ -186,9 +223,13 @@ mod tests {
                 let text_same = (name, set) == (other_name, other_set);
                 assert_eq!(looked_up.spells(&filed.text), text_same, "{name} {set:?} / {filed:?}");
                 assert_eq!(looked_up.to_key() == filed, same);
+                // What a worker thread recalls a token under compares as the key does.
+                let recalled = borrowed(other_name, other_settings, other_set).to_text();
+                assert_eq!(looked_up.is(&recalled), same, "{name} {settings} {set:?} / {filed:?}");
             }
             let hasher = std::hash::RandomState::new();
             assert_eq!(hasher.hash_one(&looked_up), hasher.hash_one(looked_up.to_key()));
+            assert_eq!(looked_up.hash_value(), looked_up.to_text().hash_value());
         }
     }
 }

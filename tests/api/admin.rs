@@ -160,6 +160,38 @@ async fn refresh_fetches_new_tokens_now_and_upstreams_shows_a_failing_endpoint()
     assert!(!text.contains(CLIENT_SECRET), "{text}");
 }
 
+/// A worker that served a token warm recalls it without reading the cache: an operator's
+/// eviction, made on the admin listener's thread, still reaches that worker's next request.
+#[tokio::test]
+async fn after_an_eviction_a_warm_worker_answers_with_a_new_token() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let app = broker_for(&upstream).await;
+    let token = || async {
+        let body: Value = app
+            .get_token(ALICE_KEY, "triumph", Some("reports:read"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    };
+    let first = token().await;
+    for _ in 0..3 {
+        assert_eq!(token().await, first);
+    }
+    let (status, _) = admin(
+        &app.http,
+        reqwest::Method::DELETE,
+        format!("{}/admin/tokens/triumph", app.admin),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let second = token().await;
+    assert_ne!(second, first);
+    assert_eq!(token().await, second);
+    assert_eq!(upstream_calls(&upstream).await, 2);
+}
+
 /// Two replicas share a Redis: evicting on one deletes the Redis entry and makes the other drop
 /// its copy, so the next request there fetches anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
