@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::cors::PREFLIGHT_MAX_AGE;
 use super::errors::ApiError;
+use super::headers::with_no_store;
 use super::limits::header_bytes;
 use super::observe::{usable_request_id, ClientAddress, ClientIp, Observed, RequestId, REQUEST_ID};
 use crate::state::{AppState, Broker};
@@ -186,7 +187,10 @@ where
 
     let limit = state.settings.server.max_header_bytes;
     let mut response = if limit != 0 && header_bytes(req.headers()) > limit {
-        req.error_response(ApiError::HeadersTooLarge).map_into_right_body()
+        // Answered before any route, so with the headers of the token routes' answers (harmless
+        // on any other path's error).
+        let answer = with_no_store(actix_web::ResponseError::error_response(&ApiError::HeadersTooLarge));
+        req.into_response(answer).map_into_right_body()
     } else {
         service.call(req).await?.map_into_left_body()
     };

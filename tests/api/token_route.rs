@@ -265,6 +265,29 @@ async fn paths_next_to_the_token_routes_are_404_with_the_same_headers() {
     assert_eq!(upstream_calls(&upstream).await, 0);
 }
 
+/// The header limit answers before any route; under the token routes its 431 still carries the
+/// headers every answer there has.
+#[tokio::test]
+async fn a_431_under_the_token_routes_carries_the_same_headers() {
+    let upstream = token_endpoint(IssueTokens::new(3600)).await;
+    let toml = config(&format!("{}/token", upstream.uri()), "client_secret_post")
+        .replace("workers = 2", "workers = 2\nmax_header_bytes = 2048");
+    let app = TestApp::spawn(&toml).await;
+    for tail in ["triumph", "triumph/refresh"] {
+        let response = app
+            .http
+            .get(app.token_url(tail))
+            .header("X-API-Key", ALICE_KEY)
+            .header("X-Padding", "p".repeat(4096))
+            .send()
+            .await
+            .unwrap();
+        let body = error_of(response, 431).await;
+        assert_eq!(body["error"], "invalid_request", "{tail}: {body}");
+    }
+    assert_eq!(upstream_calls(&upstream).await, 0);
+}
+
 #[tokio::test]
 async fn healthz_answers_on_the_admin_listener_only() {
     let (app, _upstream) = setup().await;
