@@ -23,7 +23,7 @@ pub fn workers() -> usize {
 /// wrk's load: connections, the length of one round, and how many interleaved rounds.
 pub const CONNECTIONS: u32 = 64;
 pub const ROUND: &str = "5s";
-pub const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 5;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
