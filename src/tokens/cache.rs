@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foldhash::fast::RandomState;
-use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
 use parking_lot::Mutex;
@@ -264,6 +262,8 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
     }
 }
 
+type Shared = Arc<UpstreamError>;
+
 /// Cheap to clone: background refreshes hold a handle.
 #[derive(Clone)]
 pub struct TokenCache {
@@ -285,14 +285,7 @@ impl TokenCache {
         shared: Option<Arc<dyn SharedStore>>,
     ) -> Self {
         Self {
-            entries: Arc::new(Entries::new(
-                Cache::builder()
-                    .max_capacity(max_entries)
-                    .expire_after(ServedLife)
-                    .support_invalidation_closures()
-                    .build_with_hasher(RandomState::default()),
-                max_entries,
-            )),
+            entries: Arc::new(Entries::new(max_entries)),
             shared,
             clock,
             metrics,
@@ -327,9 +320,14 @@ impl TokenCache {
 
     /// A servable token for `scopes` of `upstream`, from the cache or fetched once for all waiters.
     pub async fn get(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet) -> Result<Served, Arc<UpstreamError>> {
+        self.lookup(upstream, scopes, true).await
+    }
+
+    /// [`Self::get`], from what this thread recalls when `recall` says so, else from moka.
+    async fn lookup(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet, recall: bool) -> Result<Served, Shared> {
         let key = KeyRef::new(upstream, scopes);
         // The hot path: a servable token in memory, without the coalescing machinery.
-        if let Some(token) = self.entries.get_warm(&key).await {
+        if let Some(token) = self.entries.get_warm(&key, recall).await {
             let now = self.clock.now();
             if token.serve_until > now && upstream.accepts(&token.credential) {
                 return Ok(self.serve(upstream, || key.to_key(), token, now, true));
@@ -424,7 +422,9 @@ impl TokenCache {
                 replaced.map_err(|e: ReplaceError| e)?;
             }
         }
-        Ok(self.get(upstream, scopes).await?)
+        // Not from a thread's recollection, which may still hold the rejected token for a moment
+        // after moka evicted it for room.
+        Ok(self.lookup(upstream, scopes, false).await?)
     }
 
     fn now(&self) -> (Instant, u64) {

@@ -7,15 +7,16 @@
 //! recollection answers a warm request in a few nanoseconds.
 //!
 //! It never answers with a token that a change to the entries replaced or dropped: every change
-//! goes through this type, which counts it (the *generation*), and a thread's recollection holds
-//! only tokens read while the generation had one value; it is emptied as soon as the thread
-//! sees another. (A request that reads while another thread's change is under way may get the
-//! token from before it, as it could from moka itself.) Expiry needs nothing here: the caller
-//! checks each token's `serve_until` and credential, whatever gave it. A token moka evicts for
-//! room stays recalled until the next change; it is still a valid token.
+//! goes through this type, which counts it (the *generation*), and so does every entry moka
+//! evicts for room (its eviction listener counts those); a thread's recollection holds only
+//! tokens read while the generation had one value, and it is emptied as soon as the thread sees
+//! another. (A request that reads while another thread's change is under way may get the token
+//! from before it, as it could from moka itself.) A change is counted when its future ends,
+//! completed or dropped. Expiry needs nothing here: the caller checks each token's `serve_until`
+//! and credential, whatever gave it.
 //!
 //! Moka does not see the reads answered here, so its eviction policy knows hot keys less well:
-//! past `max_entries`, a hot key may be evicted and then fetched again after the next change.
+//! past `max_entries`, a hot key is likelier to be evicted, and is then fetched again.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -26,10 +27,11 @@ use foldhash::fast::RandomState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::Equivalent;
 
-use super::CachedToken;
+use super::{CachedToken, ServedLife};
 use crate::tokens::key::{CacheKey, KeyRef, KeyText};
 
 type Map = Cache<CacheKey, Arc<CachedToken>, RandomState>;
@@ -38,8 +40,8 @@ pub(super) struct Entries {
     map: Map,
     /// Tells this cache's recollections from another's (tests run many brokers in a process).
     id: u64,
-    /// How many changes the entries have seen.
-    generation: AtomicU64,
+    /// How many changes the entries have seen (shared with moka's eviction listener).
+    generation: Arc<AtomicU64>,
     /// Most keys a thread recalls; past it, it starts over.
     capacity: usize,
 }
@@ -60,21 +62,38 @@ thread_local! {
 static CACHES: AtomicU64 = AtomicU64::new(1);
 
 impl Entries {
-    pub(super) fn new(map: Map, capacity: u64) -> Self {
+    /// Entries for at most `capacity` tokens, each evicted once its served life is over.
+    pub(super) fn new(capacity: u64) -> Self {
+        let generation = Arc::new(AtomicU64::new(0));
+        let evictions = generation.clone();
+        let map = Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(ServedLife)
+            .support_invalidation_closures()
+            // moka's own removals for room are changes too: a thread may recall what it evicted
+            // (explicit removals and replacements are counted where they are made).
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+            .build_with_hasher(RandomState::default());
         Self {
             map,
             id: CACHES.fetch_add(1, Ordering::Relaxed),
-            generation: AtomicU64::new(0),
+            generation,
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
         }
     }
 
-    /// The token filed under `key`, if any (servable or not: the caller checks): recalled by this
-    /// thread when the entries have not changed since it read it, else read from moka.
-    pub(super) async fn get_warm(&self, key: &KeyRef<'_>) -> Option<Arc<CachedToken>> {
+    /// The token filed under `key`, if any (servable or not: the caller checks): when `recall`,
+    /// recalled by this thread if the entries have not changed since it read it; else from moka.
+    pub(super) async fn get_warm(&self, key: &KeyRef<'_>, recall: bool) -> Option<Arc<CachedToken>> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(token) = self.recall(key, generation) {
-            return Some(token);
+        if recall {
+            if let Some(token) = self.recall(key, generation) {
+                return Some(token);
+            }
         }
         let token = self.map.get(key).await?;
         self.remember(key, generation, &token);
@@ -123,9 +142,10 @@ impl Entries {
         });
     }
 
-    /// After every change: what any thread recalls is from before it.
-    fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// Held over a change: counts it when dropped, after the change or when its future is
+    /// dropped midway (what any thread recalls is then from before it).
+    fn changing(&self) -> Change<'_> {
+        Change(&self.generation)
     }
 
     /// The token filed under `key` in moka (the read is recorded; nothing recalled is used).
@@ -141,8 +161,8 @@ impl Entries {
     }
 
     pub(super) async fn insert(&self, key: CacheKey, token: Arc<CachedToken>) {
+        let _change = self.changing();
         self.map.insert(key, token).await;
-        self.changed();
     }
 
     /// The token under `key`, or `init`'s, loaded once for all callers who wait for it.
@@ -151,9 +171,8 @@ impl Entries {
         key: CacheKey,
         init: impl Future<Output = Result<Arc<CachedToken>, E>>,
     ) -> Result<Arc<CachedToken>, Arc<E>> {
-        let token = self.map.try_get_with(key, init).await;
-        self.changed();
-        token
+        let _change = self.changing();
+        self.map.try_get_with(key, init).await
     }
 
     /// Drops the entries `predicate` picks (moka hides them from reads at once).
@@ -161,9 +180,8 @@ impl Entries {
         &self,
         predicate: impl Fn(&CacheKey, &Arc<CachedToken>) -> bool + Send + Sync + 'static,
     ) -> Result<(), moka::PredicateError> {
-        let done = self.map.invalidate_entries_if(predicate).map(drop);
-        self.changed();
-        done
+        let _change = self.changing();
+        self.map.invalidate_entries_if(predicate).map(drop)
     }
 
     /// Replaces, keeps or removes the entry under `key` as `decide` says, one decision at a time.
@@ -176,13 +194,25 @@ impl Entries {
         E: Send + Sync + 'static,
         Decided: Future<Output = Result<Op<Arc<CachedToken>>, E>>,
     {
-        let done = self.map.entry(key).and_try_compute_with(decide).await;
-        self.changed();
-        done
+        let _change = self.changing();
+        self.map.entry(key).and_try_compute_with(decide).await
+    }
+
+    #[cfg(test)]
+    pub(super) fn changes(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     #[cfg(test)]
     pub(super) async fn run_pending_tasks(&self) {
         self.map.run_pending_tasks().await;
+    }
+}
+
+struct Change<'a>(&'a AtomicU64);
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }

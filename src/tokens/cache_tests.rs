@@ -338,3 +338,52 @@ async fn a_cache_never_answers_with_a_token_another_cache_served_on_the_same_thr
     );
     assert_eq!(f.token().await, ("token-1".into(), true));
 }
+
+/// Moka evicts for room on its own: a thread that recalls the evicted token must not go on
+/// serving it (a report that the API rejected that token would otherwise get it back).
+#[tokio::test]
+async fn a_token_moka_evicts_for_room_is_not_recalled_afterwards() {
+    let f = fixture(3600, None).await;
+    let cache = TokenCache::new(
+        f.clock.clone(),
+        Arc::new(Metrics::new()),
+        1,
+        Duration::from_secs(60),
+        None,
+    );
+    let sets: [ScopeSet; 2] = [[Scope::parse("r").unwrap()].into(), [Scope::parse("w").unwrap()].into()];
+    let token = |n: usize| {
+        let (cache, upstream, set) = (cache.clone(), f.upstream.clone(), sets[n].clone());
+        async move {
+            let served = cache.get(&upstream, &set).await.unwrap();
+            served.token.access_token.expose_secret().to_string()
+        }
+    };
+    let first = [token(0).await, token(1).await];
+    // Both read warm twice since the last change: this thread recalls both.
+    for n in [0, 1, 0, 1] {
+        assert_eq!(token(n).await, first[n]);
+    }
+    assert_eq!(f.fetches(), 2);
+    cache.entries.run_pending_tasks().await;
+    let kept: Vec<ScopeSet> = cache.entries.iter().map(|(key, _)| key.scopes.clone()).collect();
+    assert_eq!(kept.len(), 1, "one entry fits");
+    let evicted = usize::from(kept[0] == sets[0]);
+    assert_ne!(token(evicted).await, first[evicted], "the evicted key is fetched anew");
+    assert_eq!(f.fetches(), 3);
+}
+
+/// A change is counted even when its future is dropped before it ends (a caller gone, a
+/// timeout): moka may already have applied it.
+#[tokio::test]
+async fn a_change_dropped_midway_still_counts() {
+    let f = fixture(3600, None).await;
+    f.token().await;
+    let before = f.cache.entries.changes();
+    let key = CacheKey::new(&f.upstream, &f.scopes);
+    let change = f.cache.entries.compute(key, |_| {
+        std::future::pending::<Result<Op<Arc<CachedToken>>, std::convert::Infallible>>()
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(20), change).await.is_err());
+    assert!(f.cache.entries.changes() > before);
+}
