@@ -262,7 +262,8 @@ impl Expiry<CacheKey, Arc<CachedToken>> for ServedLife {
     }
 }
 
-type Shared = Arc<UpstreamError>;
+/// What a failed fetch leaves every waiter for it.
+type FetchFailure = Arc<UpstreamError>;
 
 /// Cheap to clone: background refreshes hold a handle.
 #[derive(Clone)]
@@ -324,7 +325,7 @@ impl TokenCache {
     }
 
     /// [`Self::get`], from what this thread recalls when `recall` says so, else from moka.
-    async fn lookup(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet, recall: bool) -> Result<Served, Shared> {
+    async fn lookup(&self, upstream: &Arc<Upstream>, scopes: &ScopeSet, recall: bool) -> Result<Served, FetchFailure> {
         let key = KeyRef::new(upstream, scopes);
         // The hot path: a servable token in memory, without the coalescing machinery.
         if let Some(token) = self.entries.get_warm(&key, recall).await {
