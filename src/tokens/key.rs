@@ -123,7 +123,7 @@ impl<'a> KeyRef<'a> {
         }
     }
 
-    /// The hash of the key's parts: the same as the key's [`CacheKey::hash_value`].
+    /// The hash of the key's parts: what the key's `Hash` writes, and [`KeyText::hash_value`].
     pub(super) fn hash_value(&self) -> u64 {
         self.hash
     }
@@ -142,9 +142,15 @@ impl<'a> KeyRef<'a> {
         }
     }
 
-    /// Whether `key` is this key's: the same as [`Equivalent::equivalent`] for the whole key.
+    /// Whether `key` is this key's: the same comparison as [`Equivalent::equivalent`] makes with
+    /// the whole key.
     pub(super) fn is(&self, key: &KeyText) -> bool {
-        self.hash == key.hash && self.settings == key.settings && self.spells(&key.text)
+        self.compares_as(key.hash, &key.settings, &key.text)
+    }
+
+    /// Whether a key of this hash, settings and text is this one.
+    fn compares_as(&self, hash: u64, settings: &Fingerprint, text: &str) -> bool {
+        self.hash == hash && self.settings == *settings && self.spells(text)
     }
 
     /// Whether `text` is this key's text, read in place.
@@ -170,7 +176,7 @@ impl Hash for KeyRef<'_> {
 
 impl Equivalent<CacheKey> for KeyRef<'_> {
     fn equivalent(&self, key: &CacheKey) -> bool {
-        self.hash == key.hash && self.settings == key.settings && self.spells(&key.text)
+        self.compares_as(key.hash, &key.settings, &key.text)
     }
 }
 
