@@ -6,10 +6,11 @@
 //! because every token served logs an audit line. The lines then gather in [`Buffered`] and go to
 //! stderr in batches.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write};
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 use tracing::field::{Field, Visit};
@@ -122,7 +123,7 @@ static JSON_SINK: OnceLock<&'static Buffered<std::io::Stderr>> = OnceLock::new()
 // keeps what it wrote of that value, still valid JSON.
 fn json_line(line: &mut String, event: &Event<'_>) {
     line.push_str("{\"timestamp\":\"");
-    write_timestamp(line, OffsetDateTime::now_utc());
+    write_timestamp(line, SystemTime::now());
     line.push_str("\",\"level\":\"");
     line.push_str(event.metadata().level().as_str());
     line.push('"');
@@ -132,25 +133,55 @@ fn json_line(line: &mut String, event: &Event<'_>) {
     line.push_str("}\n");
 }
 
-/// RFC 3339 in UTC with microseconds: `2026-11-22T00:04:45.966552Z`.
-fn write_timestamp(line: &mut String, now: OffsetDateTime) {
-    // Fixed-width digits written directly: `write!` with padding costs more than the rest of the line.
+/// RFC 3339 in UTC with microseconds: `2026-11-22T00:04:45.966552Z`. The text up to the second
+/// is worked out once a second on each thread (the calendar date from the clock cost most of the
+/// line's timestamp); the microseconds are written on every line.
+fn write_timestamp(line: &mut String, now: SystemTime) {
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let second = SECOND
+        .try_with(|cached| match cached.get() {
+            (at, text) if at == seconds => text,
+            _ => {
+                let text = second_text(seconds);
+                cached.set((seconds, text));
+                text
+            }
+        })
+        .unwrap_or_else(|_| second_text(seconds));
     let mut text = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut value: u32| {
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, now.year().clamp(0, 9999) as u32);
-    put(5, 2, u32::from(u8::from(now.month())));
-    put(8, 2, u32::from(now.day()));
-    put(11, 2, u32::from(now.hour()));
-    put(14, 2, u32::from(now.minute()));
-    put(17, 2, u32::from(now.second()));
-    put(20, 6, now.microsecond());
+    text[..20].copy_from_slice(&second);
+    put_digits(&mut text[20..26], since_epoch.subsec_micros());
     // ASCII digits and separators: always UTF-8 (appended whole, not char by char).
     line.push_str(std::str::from_utf8(&text).unwrap_or_default());
+}
+
+/// `2026-11-22T00:04:45.`: the second `seconds` after the epoch, in UTC.
+fn second_text(seconds: u64) -> [u8; 20] {
+    let at = i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    // Fixed-width digits written directly: `write!` with padding costs more than the rest of the line.
+    let mut text = *b"0000-00-00T00:00:00.";
+    put_digits(&mut text[0..4], at.year().clamp(0, 9999) as u32);
+    put_digits(&mut text[5..7], u32::from(u8::from(at.month())));
+    put_digits(&mut text[8..10], u32::from(at.day()));
+    put_digits(&mut text[11..13], u32::from(at.hour()));
+    put_digits(&mut text[14..16], u32::from(at.minute()));
+    put_digits(&mut text[17..19], u32::from(at.second()));
+    text
+}
+
+/// `value`'s last `digits.len()` decimal digits, zero-padded.
+fn put_digits(digits: &mut [u8], mut value: u32) {
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 struct JsonFields<'a> {
@@ -360,7 +391,31 @@ mod tests {
     fn timestamps_are_fixed_width_rfc3339_in_utc() {
         let mut text = String::new();
         let at = time::macros::datetime!(2026-01-02 03:04:05.000067 UTC);
-        write_timestamp(&mut text, at);
+        write_timestamp(&mut text, at.into());
         assert_eq!(text, "2026-01-02T03:04:05.000067Z");
+    }
+
+    proptest::proptest! {
+        // One thread keeps the text of the last second it wrote: whatever the order of the
+        // instants, each line has its own.
+        #[test]
+        fn every_timestamp_is_its_own_instant_whatever_the_thread_wrote_before(
+            instants in proptest::collection::vec((0u64..253_402_300_800, 0u32..1_000_000, 0u64..3), 1..40)
+        ) {
+            for (seconds, micros, step) in instants {
+                // Neighbouring seconds too: the cached one, the next, across midnight or a year.
+                for seconds in [seconds, seconds + step, seconds] {
+                    let at = OffsetDateTime::from_unix_timestamp(seconds as i64).unwrap()
+                        + time::Duration::microseconds(i64::from(micros));
+                    let mut text = String::new();
+                    write_timestamp(&mut text, at.into());
+                    let expected = format!(
+                        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                        at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute(), at.second(), at.microsecond()
+                    );
+                    proptest::prop_assert_eq!(text, expected);
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! the sink is not installed (the demo's text format, a test's own subscriber) the line is a
 //! `tracing` event as before, and the level filter decides in both cases.
 
-use time::OffsetDateTime;
+use std::time::SystemTime;
+
 use tracing::Level;
 
 use super::{push_json_string, with_line, write_timestamp, JSON_SINK};
@@ -33,7 +34,7 @@ impl TokenServed<'_> {
         }
         match JSON_SINK.get() {
             Some(sink) => with_line(|line| {
-                self.json_line(line, OffsetDateTime::now_utc());
+                self.json_line(line, SystemTime::now());
                 sink.write_line(line.as_bytes());
             }),
             None => tracing::info!(
@@ -51,7 +52,7 @@ impl TokenServed<'_> {
     }
 
     /// The line [`super::JsonLines`] writes for the `tracing` event above, at `now`.
-    fn json_line(&self, line: &mut String, now: OffsetDateTime) {
+    fn json_line(&self, line: &mut String, now: SystemTime) {
         line.push_str("{\"timestamp\":\"");
         write_timestamp(line, now);
         line.push_str("\",\"level\":\"INFO\",\"message\":\"token served\",\"request_id\":");
@@ -93,7 +94,7 @@ mod tests {
             };
             let expected = json_lines_of(|| served.log());
             let mut direct = String::new();
-            served.json_line(&mut direct, OffsetDateTime::now_utc());
+            served.json_line(&mut direct, SystemTime::now());
             // The timestamps differ (fixed width, after `{"timestamp":"`); everything else is equal.
             let stamp = 14..14 + "2026-11-22T00:04:45.966552Z".len();
             assert_eq!(direct[..stamp.start], expected[..stamp.start]);
