@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use moka::Equivalent;
 
-use crate::scope::{Scope, ScopeSet};
+use crate::scope::ScopeSet;
 use crate::upstream::config::Fingerprint;
 use crate::upstream::Upstream;
 
@@ -153,18 +153,24 @@ impl<'a> KeyRef<'a> {
         self.hash == hash && self.settings == *settings && self.spells(text)
     }
 
-    /// Whether `text` is this key's text, read in place.
+    /// Whether `text` is this key's text, read in place: the upstream, a newline, then the
+    /// scopes one after another with a space between (a scope holds no space), and nothing more.
+    /// Stripped piece by piece: splitting the text into an iterator cost several times as much.
     fn spells(&self, text: &str) -> bool {
-        let Some(scopes) = text
+        let Some(mut rest) = text
             .strip_prefix(self.upstream)
             .and_then(|rest| rest.strip_prefix('\n'))
         else {
             return false;
         };
-        if self.scopes.is_empty() {
-            return scopes.is_empty();
+        for (i, scope) in self.scopes.iter().enumerate() {
+            let next = if i == 0 { Some(rest) } else { rest.strip_prefix(' ') };
+            match next.and_then(|next| next.strip_prefix(scope.as_str())) {
+                Some(after) => rest = after,
+                None => return false,
+            }
         }
-        self.scopes.iter().map(Scope::as_str).eq(scopes.split(' '))
+        rest.is_empty()
     }
 }
 
@@ -183,6 +189,7 @@ impl Equivalent<CacheKey> for KeyRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::Scope;
 
     fn scopes(list: &[&str]) -> ScopeSet {
         list.iter().map(|s| Scope::parse(s).unwrap()).collect()
