@@ -10,7 +10,8 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     pub ip: Option<IpAddr>,
-    pub scheme: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// Whether the peer is a trusted proxy (then its `X-Request-Id` is believed too).
     pub via_trusted_proxy: bool,
 }
@@ -28,10 +29,10 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    pub fn client(&self, peer: Option<IpAddr>, scheme: &str, headers: &HeaderMap) -> ClientInfo {
+    pub fn client(&self, peer: Option<IpAddr>, scheme: &'static str, headers: &HeaderMap) -> ClientInfo {
         let untrusted = ClientInfo {
             ip: peer,
-            scheme: scheme.to_string(),
+            scheme,
             via_trusted_proxy: false,
         };
         let Some(peer) = peer.filter(|p| self.trusts(*p)) else {
@@ -61,10 +62,14 @@ impl TrustedProxies {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .next_back()
-            .filter(|s| matches!(*s, "http" | "https"));
+            .and_then(|s| match s {
+                "http" => Some("http"),
+                "https" => Some("https"),
+                _ => None,
+            });
         ClientInfo {
             ip: Some(client),
-            scheme: forwarded_scheme.unwrap_or(scheme).to_string(),
+            scheme: forwarded_scheme.unwrap_or(scheme),
             via_trusted_proxy: true,
         }
     }

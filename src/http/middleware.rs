@@ -101,7 +101,7 @@ where
         id: request_id,
         address: ClientAddress {
             ip: client.ip,
-            scheme: if client.scheme == "https" { "https" } else { "http" },
+            scheme: client.scheme,
         },
         state: Arc::clone(&state),
     });
