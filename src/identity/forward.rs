@@ -6,6 +6,7 @@
 //! the forwarded credentials (never the raw cookie), and identical concurrent checks share one call.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE};
 use foldhash::fast::RandomState;
@@ -19,6 +20,7 @@ use crate::outbound::{self, FetchError};
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const DECISIONS: u64 = 100_000;
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Clone)]
 enum Decision {
@@ -26,10 +28,23 @@ enum Decision {
     Refused,
 }
 
+/// A decision and the moment it is no longer used: `cache_ttl` after the session endpoint gave
+/// it (the shared cache keeps it from a moment later, when the call has returned).
+#[derive(Clone)]
+struct Decided {
+    decision: Decision,
+    until: Instant,
+}
+
+// Each worker thread's decisions, in front of the shared cache (see `super::recall`).
+super::recall::thread_recollection!(DECIDED: Decided);
+
 pub struct ForwardAuthenticator {
     settings: ForwardSettings,
     http: reqwest::Client,
-    decisions: Cache<[u8; 32], Decision, RandomState>,
+    decisions: Cache<[u8; 32], Decided, RandomState>,
+    /// This authenticator's entries in each thread's recollection.
+    owner: u64,
 }
 
 impl ForwardAuthenticator {
@@ -41,6 +56,7 @@ impl ForwardAuthenticator {
                 .time_to_live(settings.cache_ttl)
                 .build_with_hasher(RandomState::default()),
             settings: settings.clone(),
+            owner: super::recall::new_owner(),
         }
     }
 
@@ -66,23 +82,39 @@ impl ForwardAuthenticator {
 
         // A decision in memory is read without the coalescing machinery of `try_get_with`.
         // Identical concurrent checks share one call; only that call asks the gate.
-        let decision = match self.decisions.get(&key).await {
-            Some(decision) => Ok(decision),
-            // Boxed where it starts: the session call's state would otherwise be part of every
-            // request's future, and moved with it.
-            None => {
-                Box::pin(self.decisions.try_get_with(key, async {
-                    if !gate.admit() {
-                        return Err(AuthError::Throttled);
+        let decided = match recalled(self.owner, &key) {
+            Some(decided) if decided.until > Instant::now() => Ok(decided),
+            recalled => {
+                if recalled.is_some() {
+                    forget(self.owner, &key);
+                }
+                match self.decisions.get(&key).await {
+                    Some(decided) => {
+                        remember(self.owner, key, decided.clone());
+                        Ok(decided)
                     }
-                    self.ask(&cookies, authorization).await.map_err(|error| {
-                        tracing::debug!(error = %error, "the session endpoint could not decide");
-                        AuthError::Unavailable
-                    })
-                }))
-                .await
+                    // Boxed where it starts: the session call's state would otherwise be part of
+                    // every request's future, and moved with it.
+                    None => {
+                        Box::pin(self.decisions.try_get_with(key, async {
+                            if !gate.admit() {
+                                return Err(AuthError::Throttled);
+                            }
+                            let decision = self.ask(&cookies, authorization).await.map_err(|error| {
+                                tracing::debug!(error = %error, "the session endpoint could not decide");
+                                AuthError::Unavailable
+                            })?;
+                            // A TTL past what the clock can count: the shared cache answers after an hour.
+                            let now = Instant::now();
+                            let until = now.checked_add(self.settings.cache_ttl).unwrap_or(now + HOUR);
+                            Ok(Decided { decision, until })
+                        }))
+                        .await
+                    }
+                }
             }
         };
+        let decision = decided.map(|decided| decided.decision);
         match decision {
             Ok(Decision::Allowed(identity)) => {
                 let mut identity = (*identity).clone();

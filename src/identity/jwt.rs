@@ -26,6 +26,9 @@ const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 /// Longest a verified token is remembered, whatever its `exp`.
 const VERIFIED_CACHE_MAX: Duration = Duration::from_secs(3600);
 
+// Each worker thread's verified tokens, in front of the shared cache (see `super::recall`).
+super::recall::thread_recollection!(VERIFIED: Verified);
+
 #[derive(Clone)]
 struct Verified {
     identity: Arc<Identity>,
@@ -48,6 +51,8 @@ pub struct JwtAuthenticator {
     keys: KeySource,
     clock: SharedClock,
     verified: Cache<[u8; 32], Verified, RandomState>,
+    /// This authenticator's entries in each thread's recollection.
+    owner: u64,
 }
 
 impl JwtAuthenticator {
@@ -60,6 +65,7 @@ impl JwtAuthenticator {
                 .max_capacity(VERIFIED_CACHE_ENTRIES)
                 .expire_after(UntilExp)
                 .build_with_hasher(RandomState::default()),
+            owner: super::recall::new_owner(),
         }
     }
 
@@ -76,11 +82,20 @@ impl JwtAuthenticator {
         }
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.verified.get(&digest).await {
+        let hit = match recalled(self.owner, &digest) {
+            Some(hit) => Some(hit),
+            None => self
+                .verified
+                .get(&digest)
+                .await
+                .inspect(|hit| remember(self.owner, digest, hit.clone())),
+        };
+        if let Some(hit) = hit {
             let leeway = self.settings.leeway.as_secs();
             if self.clock.unix_now() <= hit.exp.saturating_add(leeway) {
                 return Outcome::Authenticated((*hit.identity).clone());
             }
+            forget(self.owner, &digest);
             Box::pin(self.verified.invalidate(&digest)).await;
         }
         match unverified_issuer(token) {

@@ -10,6 +10,7 @@ mod forward;
 mod jwks;
 mod jwt;
 mod public_token;
+mod recall;
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 

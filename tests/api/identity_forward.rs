@@ -50,6 +50,11 @@ async fn app_with(session: &MockServer) -> (TestApp, MockServer) {
 
 /// An app whose forward authenticator forwards `cookies` (a TOML list).
 async fn app_forwarding(session: &MockServer, cookies: &str) -> (TestApp, MockServer) {
+    app_forwarding_for(session, cookies, "30s").await
+}
+
+/// As [`app_forwarding`], its decisions kept for `cache_ttl`.
+async fn app_forwarding_for(session: &MockServer, cookies: &str, cache_ttl: &str) -> (TestApp, MockServer) {
     let upstream = token_endpoint(IssueTokens::new(3600)).await;
     let authenticator = format!(
         r#"
@@ -60,7 +65,7 @@ async fn app_forwarding(session: &MockServer, cookies: &str) -> (TestApp, MockSe
         subject_field = "user.id"
         email_field = "email"
         groups_field = "groups"
-        cache_ttl = "30s"
+        cache_ttl = "{cache_ttl}"
         timeout = "1s"
         "#,
         session.uri(),
@@ -167,6 +172,35 @@ async fn a_hundred_requests_with_one_cookie_make_one_session_call() {
         assert_eq!(with_cookie(&app, "app_session=good", true).await.status(), 200);
     }
     assert_eq!(upstream_calls(&session).await, 1);
+}
+
+/// A decision is used for `cache_ttl`, then the session endpoint is asked again: a session the app
+/// ended meanwhile is refused, however many times the worker that answers has seen the cookie.
+#[tokio::test]
+async fn after_cache_ttl_a_session_the_app_ended_is_refused() {
+    let session = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/session"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"user": {"id": "u-42"}, "groups": ["staff"]})))
+        .mount(&session)
+        .await;
+    let (app, _upstream) = app_forwarding_for(&session, r#"["app_session"]"#, "1s").await;
+    for _ in 0..20 {
+        assert_eq!(with_cookie(&app, "app_session=good", true).await.status(), 200);
+    }
+    assert_eq!(upstream_calls(&session).await, 1, "one decision, then it is remembered");
+
+    // The user logs out of the app.
+    session.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&session)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..5 {
+        assert_eq!(with_cookie(&app, "app_session=good", true).await.status(), 401);
+    }
+    assert_eq!(upstream_calls(&session).await, 1, "the refusal is remembered in turn");
 }
 
 #[tokio::test]

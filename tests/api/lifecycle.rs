@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::idp::{jwt_authenticator, Idp};
+use crate::helpers::idp::{jwt_authenticator, Idp, AUDIENCE};
 use crate::helpers::process::{write, BrokerProcess};
 use crate::helpers::*;
 use serde_json::Value;
@@ -143,6 +143,59 @@ async fn a_reload_keeps_what_unchanged_parts_learnt_the_issuers_keys_and_the_hou
     );
     assert_eq!(alice_write().await.unwrap().status(), 503, "the quota carried over");
     assert_eq!(upstream_calls(&upstream).await, 1);
+}
+
+/// Every worker has accepted an id_token many times; a reload that changes the audience the
+/// authenticator accepts must refuse it on every worker from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_audience_refuses_an_id_token_every_worker_had_accepted() {
+    let idp = Idp::start(&["rsa-a"], None).await;
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}\n[[grants]]\nauthenticators = [\"jwt\"]\nsubjects = [\"user-1\"]\nupstreams = {{ triumph = [\"reports:read\"] }}\n",
+        config(&format!("{}/token", upstream.uri()), "client_secret_post"),
+        jwt_authenticator(&idp.issuer),
+    );
+    let path = write(dir.path(), "broker.toml", &toml);
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let token = idp.token("rsa-a", "user-1");
+    // One kept connection per client: several clients reach both workers, each many times.
+    let clients: Vec<reqwest::Client> = (0..4).map(|_| reqwest::Client::new()).collect();
+    let statuses = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            for http in &clients {
+                let url = format!("{}/v1/token/triumph", broker.base);
+                statuses.push(
+                    http.get(url)
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16(),
+                );
+            }
+        }
+        statuses
+    };
+    assert!(statuses().await.iter().all(|s| *s == 200));
+
+    write(
+        dir.path(),
+        "broker.toml",
+        &toml.replace(
+            &format!("audiences = [\"{AUDIENCE}\"]"),
+            "audiences = [\"another-app\"]",
+        ),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    assert!(
+        statuses().await.iter().all(|s| *s == 401),
+        "the token is not for this audience any more"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
