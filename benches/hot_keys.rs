@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use support::{broker, free_port, one_upstream_config, print_table, rss_kib, stand_in, wrk_with, Figures};
+use support::{broker, free_port, one_upstream_config, print_table, rotated, rss_kib, stand_in, wrk_with, Figures};
 use support::{CONNECTIONS, ROUND, ROUNDS};
 
 const API_KEY: &str = "hot-key";
@@ -84,9 +84,9 @@ async fn main() {
     ];
     let header = vec![format!("X-API-Key: {API_KEY}")];
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, script)) in cases.iter().enumerate() {
-            runs[i].push(wrk_with(&base, &header, &[pid], &["-s", script]));
+    for round in 0..ROUNDS {
+        for i in rotated(cases.len(), round) {
+            runs[i].push(wrk_with(&base, &header, &[pid], &["-s", &cases[i].1]));
         }
     }
     let fetched_under_load = issued.load(Ordering::SeqCst) - fetched;

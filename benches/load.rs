@@ -16,7 +16,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use support::{
-    broker, free_port, nginx, print_table, rss_kib, stand_in, wait_for_port, workers, workers_of, wrk, Figures, Killed,
+    broker, free_port, nginx, print_table, rotated, rss_kib, stand_in, wait_for_port, workers, workers_of, wrk,
+    Figures, Killed,
 };
 
 const API_KEY: &str = "bench-api-key";
@@ -253,8 +254,9 @@ async fn run() {
     ];
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
     // Interleaved rounds, so drift in the machine's speed hits every case alike.
-    for _ in 0..ROUNDS {
-        for (i, (_, url, headers, server)) in cases.iter().enumerate() {
+    for round in 0..ROUNDS {
+        for i in rotated(cases.len(), round) {
+            let (_, url, headers, server) = &cases[i];
             runs[i].push(wrk(url, headers, server));
         }
     }

@@ -10,7 +10,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{broker, free_port, median, nginx, p50_p99, print_table, stand_in, workers, workers_of, wrk, Figures};
+use support::{
+    broker, free_port, median, nginx, p50_p99, print_table, rotated, stand_in, workers, workers_of, wrk, Figures,
+};
 use support::{CONNECTIONS, ROUND, ROUNDS};
 
 const API_KEY: &str = "bench-api-key";
@@ -127,8 +129,9 @@ upstreams = {{ bench = ["api:read"] }}
             ),
         ];
         let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
-        for _ in 0..ROUNDS {
-            for (i, (_, url, headers, server)) in cases.iter().enumerate() {
+        for round in 0..ROUNDS {
+            for i in rotated(cases.len(), round) {
+                let (_, url, headers, server) = &cases[i];
                 runs[i].push(wrk(url, headers, server));
             }
         }

@@ -25,6 +25,13 @@ pub const CONNECTIONS: u32 = 64;
 pub const ROUND: &str = "5s";
 pub const ROUNDS: usize = 5;
 
+/// The order of `cases` cases in round `round` of interleaved rounds: each round starts one case
+/// later, so that no case always runs right after the same other one (a server woken from idle,
+/// wrk's new connections, the previous run's sockets closing).
+pub fn rotated(cases: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..cases).map(move |i| (i + round) % cases)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
