@@ -201,7 +201,12 @@ impl Forwarder {
         let method = http::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(http::Method::GET);
         let mut headers = request_headers(incoming, csrf_header);
         headers.insert(HOST, host.clone());
-        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        // Written once, into the buffer the header keeps (no formatted copy of the token between).
+        let mut bearer = bytes::BytesMut::with_capacity("Bearer ".len() + token.len());
+        bearer.extend_from_slice(b"Bearer ");
+        bearer.extend_from_slice(token.as_bytes());
+        if let Ok(mut value) = HeaderValue::from_maybe_shared(bearer.freeze()) {
+            value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
         let mut set = |name: &'static str, value: &str| {

@@ -30,6 +30,7 @@ use crate::proxy::path::ProxyPath;
 use crate::proxy::websocket;
 use crate::routes::common::{authenticate_as, CrossSiteCheck};
 use crate::state::Broker;
+use crate::tokens::CachedToken;
 use crate::upstream::Upstream;
 
 /// Bodies up to this size are read whole, so that the request can be sent again after the token
@@ -123,7 +124,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             .await?
         }
     };
-    let send = |token: String, body: Body| {
+    let send = |token: Arc<CachedToken>, body: Body| {
         let uri = uri.clone();
         let caller = &caller;
         let req = &req;
@@ -137,7 +138,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
                     req.headers(),
                     &csrf,
                     caller,
-                    &token,
+                    token.access_token.expose_secret(),
                     body,
                     settings.timeout,
                 )
@@ -147,8 +148,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
 
     let started = Instant::now();
     let replay = body.replay();
-    let token = served.token.access_token.expose_secret().to_string();
-    let mut answer = send(token.clone(), body).await;
+    // The cached token itself: the request's header is the one copy made of it.
+    let mut answer = send(served.token.clone(), body).await;
     // The API refused the token: replace it once (as a report would) and send again, when the body
     // can be sent again.
     if let (Ok(first), Some(body)) = (&answer, replay) {
@@ -157,7 +158,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
                 &broker,
                 upstream,
                 &entitlement.scopes,
-                &token,
+                served.token.access_token.expose_secret(),
                 &state,
                 &identity,
             ))
@@ -381,15 +382,14 @@ async fn replacement(
     rejected: &str,
     state: &crate::state::AppState,
     identity: &crate::identity::Identity,
-) -> Option<String> {
+) -> Option<Arc<CachedToken>> {
     let may_replace = || state.refresh_limit.check(&identity.authenticator, &identity.subject);
     let served = broker
         .tokens
         .replace_rejected(upstream, scopes, rejected, may_replace)
         .await
         .ok()?;
-    let fresh = served.token.access_token.expose_secret();
-    (fresh != rejected).then(|| fresh.to_string())
+    (served.token.access_token.expose_secret() != rejected).then_some(served.token)
 }
 
 /// The API's answer as the browser gets it: its status, its headers but those never returned, and
