@@ -107,13 +107,50 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
-    /// `Forwarded` (RFC 7239): the client's address (an IPv6 one quoted in brackets) and scheme.
-    pub fn forwarded(&self) -> String {
-        match self.ip {
-            Some(IpAddr::V6(ip)) => format!("for=\"[{ip}]\";proto={}", self.scheme),
-            Some(ip) => format!("for={ip};proto={}", self.scheme),
-            None => format!("proto={}", self.scheme),
+    /// The client's address as `X-Forwarded-For` carries it.
+    pub fn address(&self) -> Option<String> {
+        self.ip.map(address_text)
+    }
+
+    /// `Forwarded` (RFC 7239): the client's address (an IPv6 one quoted in brackets) and scheme;
+    /// `address` is [`Self::address`].
+    pub fn forwarded(&self, address: Option<&str>) -> String {
+        let mut text = String::with_capacity(32);
+        match (self.ip, address) {
+            (Some(IpAddr::V6(_)), Some(address)) => {
+                text.push_str("for=\"[");
+                text.push_str(address);
+                text.push_str("]\";");
+            }
+            (Some(_), Some(address)) => {
+                text.push_str("for=");
+                text.push_str(address);
+                text.push(';');
+            }
+            _ => {}
         }
+        text.push_str("proto=");
+        text.push_str(self.scheme);
+        text
+    }
+}
+
+/// An address as text, an IPv4 one written octet by octet: the standard library's `Display`
+/// formats into a buffer of its own first, for padding, which cost more than the rest of the
+/// forwarding headers.
+fn address_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(octet));
+            }
+            text
+        }
+        IpAddr::V6(ip) => ip.to_string(),
     }
 }
 
@@ -214,11 +251,12 @@ impl Forwarder {
                 headers.insert(HeaderName::from_static(name), value);
             }
         };
-        if let Some(ip) = caller.ip {
-            set("x-forwarded-for", &ip.to_string());
+        let address = caller.address();
+        if let Some(address) = &address {
+            set("x-forwarded-for", address);
         }
         set("x-forwarded-proto", caller.scheme);
-        set("forwarded", &caller.forwarded());
+        set("forwarded", &caller.forwarded(address.as_deref()));
         set("x-request-id", caller.request_id);
         let call = async {
             traces::inject(&mut headers);
@@ -299,6 +337,34 @@ pub fn list_items<'a>(values: impl Iterator<Item = &'a str>) -> impl Iterator<It
 mod tests {
     use super::*;
     use actix_web::http::header::HeaderValue as InValue;
+
+    proptest::proptest! {
+        #[test]
+        fn an_address_reads_as_the_standard_library_writes_it(v4: u32, v6: u128) {
+            for ip in [IpAddr::from(std::net::Ipv4Addr::from(v4)), IpAddr::from(std::net::Ipv6Addr::from(v6))] {
+                proptest::prop_assert_eq!(address_text(ip), ip.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn forwarded_names_the_address_quoting_an_ipv6_one_and_the_scheme() {
+        let caller = |ip: Option<IpAddr>| Caller {
+            ip,
+            scheme: "https",
+            request_id: "r",
+        };
+        let forwarded = |ip: Option<IpAddr>| caller(ip).forwarded(caller(ip).address().as_deref());
+        assert_eq!(
+            forwarded(Some("203.0.113.7".parse().unwrap())),
+            "for=203.0.113.7;proto=https"
+        );
+        assert_eq!(
+            forwarded(Some("2001:db8::1".parse().unwrap())),
+            "for=\"[2001:db8::1]\";proto=https"
+        );
+        assert_eq!(forwarded(None), "proto=https");
+    }
 
     #[test]
     fn credentials_cookies_and_hop_by_hop_headers_never_reach_the_api() {

@@ -49,11 +49,12 @@ pub async fn connect(
         }
     };
     set("authorization", &format!("Bearer {token}"));
-    if let Some(ip) = caller.ip {
-        set("x-forwarded-for", &ip.to_string());
+    let address = caller.address();
+    if let Some(address) = &address {
+        set("x-forwarded-for", address);
     }
     set("x-forwarded-proto", caller.scheme);
-    set("forwarded", &caller.forwarded());
+    set("forwarded", &caller.forwarded(address.as_deref()));
     set("x-request-id", caller.request_id);
     if let Some(protocols) = protocols {
         set("sec-websocket-protocol", protocols);
