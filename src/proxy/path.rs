@@ -71,11 +71,20 @@ impl ProxyPath {
     pub fn as_str(&self) -> &str {
         &self.raw
     }
+
+    /// The path as logs show it: `/` for the upstream's base itself.
+    pub fn shown(&self) -> &str {
+        if self.raw.is_empty() {
+            "/"
+        } else {
+            &self.raw
+        }
+    }
 }
 
 impl fmt::Display for ProxyPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.raw.is_empty() { "/" } else { &self.raw })
+        f.write_str(self.shown())
     }
 }
 

@@ -2,6 +2,7 @@
 //! route, the path and method are checked against the upstream's allow-list, and the request is
 //! forwarded to the API with the cached token added. The browser never sees the token.
 
+use crate::telemetry::audit::RequestProxied;
 use crate::telemetry::traces;
 use opentelemetry::trace::SpanKind;
 use std::pin::Pin;
@@ -210,18 +211,17 @@ fn audit(
     token_fingerprint: &str,
 ) {
     RequestId::with(req, |request_id| {
-        tracing::info!(
-            target: "token_broker::audit",
+        RequestProxied {
             request_id,
-            authenticator = &*identity.authenticator,
-            subject = identity.subject.as_str(),
+            authenticator: &identity.authenticator,
+            subject: &identity.subject,
             upstream,
-            method = req.method().as_str(),
-            path = %path,
+            method: req.method().as_str(),
+            path: path.shown(),
             status,
             token_fingerprint,
-            "request proxied"
-        )
+        }
+        .log()
     });
 }
 

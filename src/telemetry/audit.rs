@@ -1,4 +1,5 @@
-//! The audit line of a token served: the one line every request of the token route writes.
+//! The audit lines of a token served and of a request proxied: the one line every request of the
+//! token route, and of the proxy route, writes.
 //!
 //! It reads as any other JSON line (see [`super::JsonLines`]), byte for byte, but when the JSON
 //! sink is installed it is written there directly, its field names as one piece of text each,
@@ -29,15 +30,10 @@ pub struct TokenServed<'a> {
 
 impl TokenServed<'_> {
     pub fn log(&self) {
-        if !tracing::enabled!(target: TARGET, Level::INFO) {
+        if !tracing::enabled!(target: TARGET, Level::INFO) || write_direct(|line, now| self.json_line(line, now)) {
             return;
         }
-        match JSON_SINK.get() {
-            Some(sink) => with_line(|line| {
-                self.json_line(line, SystemTime::now());
-                sink.write_line(line.as_bytes());
-            }),
-            None => tracing::info!(
+        tracing::info!(
                 target: TARGET,
                 request_id = self.request_id,
                 authenticator = self.authenticator,
@@ -47,8 +43,7 @@ impl TokenServed<'_> {
                 cache_hit = self.cache_hit,
                 token_fingerprint = self.token_fingerprint,
                 "token served"
-            ),
-        }
+        );
     }
 
     /// The line [`super::JsonLines`] writes for the `tracing` event above, at `now`.
@@ -73,6 +68,73 @@ impl TokenServed<'_> {
         push_json_string(line, self.token_fingerprint);
         line.push_str(",\"target\":\"token_broker::audit\"}\n");
     }
+}
+
+/// What the audit line of a request proxied says (a WebSocket's has status 101).
+pub struct RequestProxied<'a> {
+    pub request_id: &'a str,
+    pub authenticator: &'a str,
+    pub subject: &'a str,
+    pub upstream: &'a str,
+    pub method: &'a str,
+    /// The path forwarded, below the upstream's base.
+    pub path: &'a str,
+    pub status: u16,
+    pub token_fingerprint: &'a str,
+}
+
+impl RequestProxied<'_> {
+    pub fn log(&self) {
+        if !tracing::enabled!(target: TARGET, Level::INFO) || write_direct(|line, now| self.json_line(line, now)) {
+            return;
+        }
+        tracing::info!(
+            target: TARGET,
+            request_id = self.request_id,
+            authenticator = self.authenticator,
+            subject = self.subject,
+            upstream = self.upstream,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            token_fingerprint = self.token_fingerprint,
+            "request proxied"
+        );
+    }
+
+    /// The line [`super::JsonLines`] writes for the `tracing` event above, at `now`.
+    fn json_line(&self, line: &mut String, now: SystemTime) {
+        line.push_str("{\"timestamp\":\"");
+        write_timestamp(line, now);
+        line.push_str("\",\"level\":\"INFO\",\"message\":\"request proxied\",\"request_id\":");
+        push_json_string(line, self.request_id);
+        line.push_str(",\"authenticator\":");
+        push_json_string(line, self.authenticator);
+        line.push_str(",\"subject\":");
+        push_json_string(line, self.subject);
+        line.push_str(",\"upstream\":");
+        push_json_string(line, self.upstream);
+        line.push_str(",\"method\":");
+        push_json_string(line, self.method);
+        line.push_str(",\"path\":");
+        push_json_string(line, self.path);
+        line.push_str(",\"status\":");
+        line.push_str(itoa::Buffer::new().format(self.status));
+        line.push_str(",\"token_fingerprint\":");
+        push_json_string(line, self.token_fingerprint);
+        line.push_str(",\"target\":\"token_broker::audit\"}\n");
+    }
+}
+
+/// Writes the line `json_line` makes straight into the JSON sink, when it is installed; `false`
+/// when it is not (the caller then logs through `tracing`).
+fn write_direct(json_line: impl FnOnce(&mut String, SystemTime)) -> bool {
+    let Some(sink) = JSON_SINK.get() else { return false };
+    with_line(|line| {
+        json_line(line, SystemTime::now());
+        sink.write_line(line.as_bytes());
+    });
+    true
 }
 
 #[cfg(test)]
@@ -103,6 +165,31 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(&direct).unwrap();
             assert_eq!(parsed["subject"], subject);
             assert_eq!(parsed["cache_hit"], cache_hit);
+        }
+    }
+
+    #[test]
+    fn the_direct_proxied_line_is_the_one_tracing_writes_byte_for_byte() {
+        for (path, status) in [("/reports/1", 200), ("/odd \"pa\\th\n\u{1}é✓", 101)] {
+            let proxied = RequestProxied {
+                request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                authenticator: "api_key",
+                subject: "alice",
+                upstream: "triumph",
+                method: "GET",
+                path,
+                status,
+                token_fingerprint: "7cb3242304a2",
+            };
+            let expected = json_lines_of(|| proxied.log());
+            let mut direct = String::new();
+            proxied.json_line(&mut direct, SystemTime::now());
+            let stamp = 14..14 + "2026-11-22T00:04:45.966552Z".len();
+            assert_eq!(direct[..stamp.start], expected[..stamp.start]);
+            assert_eq!(direct[stamp.end..], expected[stamp.end..]);
+            let parsed: serde_json::Value = serde_json::from_str(&direct).unwrap();
+            assert_eq!(parsed["path"], path);
+            assert_eq!(parsed["status"], status);
         }
     }
 }
