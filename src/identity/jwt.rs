@@ -33,16 +33,31 @@ super::recall::thread_recollection!(VERIFIED: Verified);
 struct Verified {
     identity: Arc<Identity>,
     exp: u64,
+    /// When the token must be verified again: at `exp`, and at most [`VERIFIED_CACHE_MAX`] after
+    /// this verification (so that a key the issuer withdraws stops being trusted within that
+    /// time). The shared cache drops the entry then, and a thread's recollection stops using it.
+    until: Instant,
+}
+
+impl Verified {
+    fn new(identity: Identity, exp: u64) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let life = Duration::from_secs(exp.saturating_sub(now)).min(VERIFIED_CACHE_MAX);
+        Self {
+            identity: Arc::new(identity),
+            exp,
+            until: Instant::now() + life,
+        }
+    }
 }
 
 struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Verified> for UntilExp {
-    fn expire_after_create(&self, _key: &[u8; 32], value: &Verified, _created_at: Instant) -> Option<Duration> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Some(Duration::from_secs(value.exp.saturating_sub(now)).min(VERIFIED_CACHE_MAX))
+    fn expire_after_create(&self, _key: &[u8; 32], value: &Verified, created_at: Instant) -> Option<Duration> {
+        Some(value.until.saturating_duration_since(created_at))
     }
 }
 
@@ -83,12 +98,15 @@ impl JwtAuthenticator {
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let hit = match recalled(self.owner, &digest) {
-            Some(hit) => Some(hit),
-            None => self
-                .verified
-                .get(&digest)
-                .await
-                .inspect(|hit| remember(self.owner, digest, hit.clone())),
+            // The shared cache's lifetime of the entry holds here too.
+            Some(hit) if hit.until > Instant::now() => Some(hit),
+            recalled => {
+                if recalled.is_some() {
+                    forget(self.owner, &digest);
+                }
+                let hit = self.verified.get(&digest).await;
+                hit.inspect(|hit| remember(self.owner, digest, hit.clone()))
+            }
         };
         if let Some(hit) = hit {
             let leeway = self.settings.leeway.as_secs();
@@ -144,10 +162,8 @@ impl JwtAuthenticator {
             .find_map(|key| jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).ok())
             .ok_or(AuthError::Invalid)?
             .claims;
-        self.identity_from(&claims).map(|(identity, exp)| Verified {
-            identity: Arc::new(identity),
-            exp,
-        })
+        self.identity_from(&claims)
+            .map(|(identity, exp)| Verified::new(identity, exp))
     }
 
     fn identity_from(&self, claims: &Map<String, Value>) -> Result<(Identity, u64), AuthError> {

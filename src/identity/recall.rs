@@ -6,9 +6,10 @@
 //! housekeeping on the reader's time, which made it the most expensive step of a warm request.
 //! Each thread therefore keeps the entries it read from moka in a plain map of its own and asks
 //! moka only when it has none. This is sound because those entries are never changed once made:
-//! each holds the moment it stops being valid (a token's `exp`, a decision's end of `cache_ttl`),
-//! which the authenticator checks on every answer as it does for moka's, and moka's own evictions
-//! for room drop nothing that had stopped being valid. An entry is filed under the authenticator
+//! each holds the moment moka drops it (a verified token's `exp`, or an hour after it was verified
+//! if that is sooner, so that a key its issuer withdraws stops being trusted; a decision's end of
+//! `cache_ttl`), which the authenticator checks on every recalled answer, and moka's own evictions
+//! for room drop nothing that is still valid. An entry is filed under the authenticator
 //! that made it, by a number no other authenticator of the process gets, so a configuration
 //! reload's new authenticator never answers from its predecessor's entries.
 

@@ -212,6 +212,38 @@ async fn a_rotated_key_is_accepted_after_one_refetch() {
     assert_eq!(idp.jwks_fetches(), 2);
 }
 
+/// However often a worker has answered for a token, it is verified again once its `exp` has passed
+/// (a leeway lets it through the claim check, not past the re-verification): a key the issuer
+/// withdrew meanwhile is not trusted any more.
+#[tokio::test]
+async fn a_token_verified_before_its_key_was_withdrawn_is_refused_once_it_must_be_verified_again() {
+    let idp = Idp::start(&["rsa-a"], Some("public, max-age=60")).await;
+    let upstream = upstream().await;
+    let authenticator = format!("{}leeway = \"10m\"\n", jwt_authenticator(&idp.issuer));
+    let app = app_for(&upstream, &authenticator).await;
+    let mut claims = idp.claims("user-1");
+    claims["exp"] = json!(now() + 5);
+    let token = sign_as("rsa-a", Algorithm::RS256, Some("rsa-a"), &claims);
+    // A connection of its own for each request: every worker answers for the token many times.
+    let status = || async {
+        let http = reqwest::Client::new();
+        let response = http.get(app.token_url("triumph")).bearer_auth(&token).send().await;
+        response.unwrap().status().as_u16()
+    };
+    for _ in 0..20 {
+        assert_eq!(status().await, 200);
+    }
+
+    // The issuer withdraws the key; the token's exp passes, and the broker's copy of the keys
+    // grows stale.
+    idp.publish(&["rsa-b"]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    app.clock.advance(Duration::from_secs(61));
+    for _ in 0..6 {
+        assert_eq!(status().await, 401);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_kids_refetch_the_keys_at_most_once_per_30_seconds() {
     let idp = Idp::start(&["rsa-a"], None).await;
