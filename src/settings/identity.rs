@@ -229,8 +229,18 @@ fn validate_forward(check: &mut Check, i: usize, raw: &raw::Forward) -> Option<F
         cache_ttl: check.duration(&key("cache_ttl"), raw.cache_ttl.as_ref(), Duration::from_secs(30)),
         timeout: check.duration(&key("timeout"), raw.timeout.as_ref(), Duration::from_secs(2)),
     };
+    // A decision outliving a day would ignore logouts for days; far longer ones the cache refuses.
+    if settings.cache_ttl > MAX_DECISION_TTL {
+        check.problem(
+            key("cache_ttl"),
+            "must be at most 24h: a decision is asked for again at least daily",
+        );
+    }
     Some(settings)
 }
+
+/// The longest `cache_ttl` of a forward authenticator.
+const MAX_DECISION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let hex_digits = text.strip_prefix("sha256:")?;

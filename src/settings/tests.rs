@@ -137,6 +137,22 @@ fn every_problem_is_reported_at_once_naming_its_key() {
 }
 
 #[test]
+fn a_forward_decision_kept_longer_than_a_day_is_refused_naming_its_key() {
+    let forward = |ttl: &str| {
+        format!(
+            "{MINIMAL}\n[[authenticators]]\ntype = \"forward\"\nurl = \"https://app.example.com/session\"\nforward_cookies = [\"s\"]\ncache_ttl = \"{ttl}\"\n"
+        )
+    };
+    let env = env(&[("TRIUMPH_SECRET", "s")]);
+    assert!(Settings::from_toml(&forward("24h"), &env).is_ok());
+    for ttl in ["25h", "2000 years"] {
+        let problems = Settings::from_toml(&forward(ttl), &env).unwrap_err();
+        let keys: Vec<&str> = problems.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["authenticators[1].cache_ttl"], "{ttl}");
+    }
+}
+
+#[test]
 fn loopback_token_urls_may_use_http() {
     for url in [
         "http://127.0.0.1:9000/token",
