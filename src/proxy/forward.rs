@@ -135,6 +135,21 @@ impl Caller<'_> {
     }
 }
 
+/// `Bearer <token>`, written once into the buffer the header keeps (no formatted copy of the token
+/// between); none for a token that is not visible ASCII (a token endpoint's are checked so when
+/// fetched, the shared tier's copies are not), as a header value made from text would refuse it.
+fn bearer(token: &str) -> Option<HeaderValue> {
+    if !token.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    let mut bearer = bytes::BytesMut::with_capacity("Bearer ".len() + token.len());
+    bearer.extend_from_slice(b"Bearer ");
+    bearer.extend_from_slice(token.as_bytes());
+    let mut value = HeaderValue::from_maybe_shared(bearer.freeze()).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// An address as text, an IPv4 one written octet by octet: the standard library's `Display`
 /// formats into a buffer of its own first, for padding, which cost more than the rest of the
 /// forwarding headers.
@@ -238,12 +253,7 @@ impl Forwarder {
         let method = http::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(http::Method::GET);
         let mut headers = request_headers(incoming, csrf_header);
         headers.insert(HOST, host.clone());
-        // Written once, into the buffer the header keeps (no formatted copy of the token between).
-        let mut bearer = bytes::BytesMut::with_capacity("Bearer ".len() + token.len());
-        bearer.extend_from_slice(b"Bearer ");
-        bearer.extend_from_slice(token.as_bytes());
-        if let Ok(mut value) = HeaderValue::from_maybe_shared(bearer.freeze()) {
-            value.set_sensitive(true);
+        if let Some(value) = bearer(token) {
             headers.insert(AUTHORIZATION, value);
         }
         let mut set = |name: &'static str, value: &str| {
@@ -344,6 +354,16 @@ mod tests {
             for ip in [IpAddr::from(std::net::Ipv4Addr::from(v4)), IpAddr::from(std::net::Ipv6Addr::from(v6))] {
                 proptest::prop_assert_eq!(address_text(ip), ip.to_string());
             }
+        }
+    }
+
+    #[test]
+    fn the_bearer_header_carries_a_visible_ascii_token_and_nothing_else() {
+        let value = bearer("tok-1.A_b~").unwrap();
+        assert_eq!(value.as_bytes(), b"Bearer tok-1.A_b~");
+        assert!(value.is_sensitive());
+        for odd in ["tok\u{e9}", "tok\n1", "tok\u{7f}", "tok\u{0}"] {
+            assert!(bearer(odd).is_none(), "{odd:?}");
         }
     }
 
