@@ -149,8 +149,10 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
 
     let started = Instant::now();
     let replay = body.replay();
-    // The cached token itself: the request's header is the one copy made of it.
-    let mut answer = send(served.token.clone(), body).await;
+    // The cached token itself: the request's header is the one copy made of it. `used` is the
+    // token the answer came with, which the audit line names.
+    let mut used = served.token.clone();
+    let mut answer = send(used.clone(), body).await;
     // The API refused the token: replace it once (as a report would) and send again, when the body
     // can be sent again.
     if let (Ok(first), Some(body)) = (&answer, replay) {
@@ -165,6 +167,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
             ))
             .await
             {
+                used = fresh.clone();
                 answer = Box::pin(send(fresh, body)).await;
             }
         }
@@ -178,7 +181,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     })?;
     let status = response.response.status().as_u16();
     upstream.proxy_metrics.answered(status, started.elapsed());
-    audit(&req, &identity, name, &path, status, &served.token.fingerprint);
+    audit(&req, &identity, name, &path, status, &used.fingerprint);
     answer_of(response, upstream).await
 }
 

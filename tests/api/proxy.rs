@@ -313,6 +313,58 @@ async fn an_api_that_rejects_the_token_gets_one_new_token_and_the_request_again(
         .all(|r| r.body == b"{\"q\":1}"));
 }
 
+/// After the API rejected the token and the request went again with a new one, the audit line
+/// names the token the answer came with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_line_of_a_retried_request_names_the_token_it_was_answered_with() {
+    use crate::helpers::process::{write, BrokerProcess};
+    use sha2::{Digest, Sha256};
+
+    let api = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer token-1"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&api)
+        .await;
+    Mock::given(header("authorization", "Bearer token-2"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("fresh"))
+        .mount(&api)
+        .await;
+    let tokens = token_endpoint(IssueTokens::new(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = proxy_config(&format!("{}/token", tokens.uri()), &api.uri(), "");
+    let mut broker = BrokerProcess::start(
+        &write(dir.path(), "broker.toml", &toml),
+        &[("TRIUMPH_SECRET", CLIENT_SECRET)],
+    );
+    let http = reqwest::Client::new();
+    let proxied = || {
+        http.post(format!("{}/v1/proxy/triumph/reports", broker.base))
+            .header("X-API-Key", BOB_KEY)
+            .body("{}")
+            .send()
+    };
+    // token-1 is too young to be replaced at first (5 s at least), then old enough.
+    assert_eq!(proxied().await.unwrap().status(), 401);
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    assert_eq!(proxied().await.unwrap().status(), 200);
+    broker.stop();
+
+    let fingerprint = |token: &str| hex::encode(Sha256::digest(token))[..12].to_string();
+    let audited: Vec<(u64, String)> = broker
+        .logs()
+        .iter()
+        .filter(|line| line.contains("\"request proxied\""))
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            (
+                line["status"].as_u64().unwrap(),
+                line["token_fingerprint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(audited, [(401, fingerprint("token-1")), (200, fingerprint("token-2"))]);
+}
+
 #[tokio::test]
 async fn a_slow_api_is_504_at_the_proxy_timeout() {
     let s = setup("").await;
