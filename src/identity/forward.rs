@@ -20,7 +20,6 @@ use crate::outbound::{self, FetchError};
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const DECISIONS: u64 = 100_000;
-const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Clone)]
 enum Decision {
@@ -34,6 +33,12 @@ enum Decision {
 struct Decided {
     decision: Decision,
     until: Instant,
+}
+
+impl super::recall::Lapses for Decided {
+    fn until(&self) -> Instant {
+        self.until
+    }
 }
 
 // Each worker thread's decisions, in front of the shared cache (see `super::recall`).
@@ -82,36 +87,33 @@ impl ForwardAuthenticator {
 
         // A decision in memory is read without the coalescing machinery of `try_get_with`.
         // Identical concurrent checks share one call; only that call asks the gate.
-        let decided = match recalled(self.owner, &key) {
-            Some(decided) if decided.until > Instant::now() => Ok(decided),
-            recalled => {
-                if recalled.is_some() {
-                    forget(self.owner, &key);
-                }
-                match self.decisions.get(&key).await {
-                    Some(decided) => {
-                        remember(self.owner, key, decided.clone());
-                        Ok(decided)
+        let in_memory = match recalled(self.owner, &key) {
+            Some(decided) => Some(decided),
+            None => {
+                let decided = self.decisions.get(&key).await;
+                decided.inspect(|decided| remember(self.owner, key, decided.clone()))
+            }
+        };
+        let decided = match in_memory {
+            Some(decided) => Ok(decided),
+            // Boxed where it starts: the session call's state would otherwise be part of every
+            // request's future, and moved with it.
+            None => {
+                Box::pin(self.decisions.try_get_with(key, async {
+                    if !gate.admit() {
+                        return Err(AuthError::Throttled);
                     }
-                    // Boxed where it starts: the session call's state would otherwise be part of
-                    // every request's future, and moved with it.
-                    None => {
-                        Box::pin(self.decisions.try_get_with(key, async {
-                            if !gate.admit() {
-                                return Err(AuthError::Throttled);
-                            }
-                            let decision = self.ask(&cookies, authorization).await.map_err(|error| {
-                                tracing::debug!(error = %error, "the session endpoint could not decide");
-                                AuthError::Unavailable
-                            })?;
-                            // A TTL past what the clock can count: the shared cache answers after an hour.
-                            let now = Instant::now();
-                            let until = now.checked_add(self.settings.cache_ttl).unwrap_or(now + HOUR);
-                            Ok(Decided { decision, until })
-                        }))
-                        .await
-                    }
-                }
+                    let decision = self.ask(&cookies, authorization).await.map_err(|error| {
+                        tracing::debug!(error = %error, "the session endpoint could not decide");
+                        AuthError::Unavailable
+                    })?;
+                    // The configuration keeps cache_ttl within a day; should the clock still not
+                    // count that far, no thread recalls the decision and moka answers.
+                    let now = Instant::now();
+                    let until = now.checked_add(self.settings.cache_ttl).unwrap_or(now);
+                    Ok(Decided { decision, until })
+                }))
+                .await
             }
         };
         let decision = decided.map(|decided| decided.decision);

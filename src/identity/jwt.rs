@@ -53,6 +53,12 @@ impl Verified {
     }
 }
 
+impl super::recall::Lapses for Verified {
+    fn until(&self) -> Instant {
+        self.until
+    }
+}
+
 struct UntilExp;
 
 impl moka::Expiry<[u8; 32], Verified> for UntilExp {
@@ -98,12 +104,8 @@ impl JwtAuthenticator {
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let hit = match recalled(self.owner, &digest) {
-            // The shared cache's lifetime of the entry holds here too.
-            Some(hit) if hit.until > Instant::now() => Some(hit),
-            recalled => {
-                if recalled.is_some() {
-                    forget(self.owner, &digest);
-                }
+            Some(hit) => Some(hit),
+            None => {
                 let hit = self.verified.get(&digest).await;
                 hit.inspect(|hit| remember(self.owner, digest, hit.clone()))
             }
