@@ -1,9 +1,8 @@
 //! A per-identity request rate on the token routes: a token bucket per subject (GCRA, `governor`).
 
+use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
-
-use std::hash::BuildHasher;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;

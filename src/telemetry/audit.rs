@@ -34,23 +34,25 @@ impl TokenServed<'_> {
             return;
         }
         tracing::info!(
-                target: TARGET,
-                request_id = self.request_id,
-                authenticator = self.authenticator,
-                subject = self.subject,
-                upstream = self.upstream,
-                scopes = self.scopes,
-                cache_hit = self.cache_hit,
-                token_fingerprint = self.token_fingerprint,
-                "token served"
+            target: TARGET,
+            request_id = self.request_id,
+            authenticator = self.authenticator,
+            subject = self.subject,
+            upstream = self.upstream,
+            scopes = self.scopes,
+            cache_hit = self.cache_hit,
+            token_fingerprint = self.token_fingerprint,
+            "token served"
         );
     }
 
     /// The line [`super::JsonLines`] writes for the `tracing` event above, at `now`.
     fn json_line(&self, line: &mut String, now: SystemTime) {
-        line.push_str("{\"timestamp\":\"");
-        write_timestamp(line, now);
-        line.push_str("\",\"level\":\"INFO\",\"message\":\"token served\",\"request_id\":");
+        framed(line, now, "token served", |line| self.fields(line));
+    }
+
+    fn fields(&self, line: &mut String) {
+        line.push_str(",\"request_id\":");
         push_json_string(line, self.request_id);
         line.push_str(",\"authenticator\":");
         push_json_string(line, self.authenticator);
@@ -66,7 +68,6 @@ impl TokenServed<'_> {
             ",\"cache_hit\":false,\"token_fingerprint\":"
         });
         push_json_string(line, self.token_fingerprint);
-        line.push_str(",\"target\":\"token_broker::audit\"}\n");
     }
 }
 
@@ -104,9 +105,11 @@ impl RequestProxied<'_> {
 
     /// The line [`super::JsonLines`] writes for the `tracing` event above, at `now`.
     fn json_line(&self, line: &mut String, now: SystemTime) {
-        line.push_str("{\"timestamp\":\"");
-        write_timestamp(line, now);
-        line.push_str("\",\"level\":\"INFO\",\"message\":\"request proxied\",\"request_id\":");
+        framed(line, now, "request proxied", |line| self.fields(line));
+    }
+
+    fn fields(&self, line: &mut String) {
+        line.push_str(",\"request_id\":");
         push_json_string(line, self.request_id);
         line.push_str(",\"authenticator\":");
         push_json_string(line, self.authenticator);
@@ -122,8 +125,20 @@ impl RequestProxied<'_> {
         line.push_str(itoa::Buffer::new().format(self.status));
         line.push_str(",\"token_fingerprint\":");
         push_json_string(line, self.token_fingerprint);
-        line.push_str(",\"target\":\"token_broker::audit\"}\n");
     }
+}
+
+/// An audit line as [`super::JsonLines`] frames an event: the timestamp, level and `message` (a
+/// plain literal: nothing in it to escape), the fields `fields` writes, each after a comma, and
+/// the target.
+fn framed(line: &mut String, now: SystemTime, message: &str, fields: impl FnOnce(&mut String)) {
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(line, now);
+    line.push_str("\",\"level\":\"INFO\",\"message\":\"");
+    line.push_str(message);
+    line.push('"');
+    fields(line);
+    line.push_str(",\"target\":\"token_broker::audit\"}\n");
 }
 
 /// Writes the line `json_line` makes straight into the JSON sink, when it is installed; `false`
