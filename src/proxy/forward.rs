@@ -138,7 +138,7 @@ impl Caller<'_> {
 /// `Bearer <token>`, written once into the buffer the header keeps (no formatted copy of the token
 /// between); none for a token that is not visible ASCII (a token endpoint's are checked so when
 /// fetched, the shared tier's copies are not), as a header value made from text would refuse it.
-fn bearer(token: &str) -> Option<HeaderValue> {
+pub(super) fn bearer(token: &str) -> Option<HeaderValue> {
     if !token.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
         return None;
     }

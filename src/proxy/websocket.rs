@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message as ApiMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
-use super::forward::Caller;
+use super::forward::{bearer, Caller};
 
 /// Largest message (joined from fragments) relayed from the page.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -43,12 +43,14 @@ pub async fn connect(
     let _ = url.set_scheme(scheme);
     let mut request = url.as_str().into_client_request().map_err(HandshakeError::Failed)?;
     let headers = request.headers_mut();
+    if let Some(value) = bearer(token) {
+        headers.insert(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION, value);
+    }
     let mut set = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    set("authorization", &format!("Bearer {token}"));
     let address = caller.address();
     if let Some(address) = &address {
         set("x-forwarded-for", address);
