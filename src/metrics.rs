@@ -35,6 +35,9 @@ const KNOWN_ROUTES: &[&str] = &[
     "/.well-known/jwks.json",
     "/v1/access-token-provider.js",
     "/v1/access-token-provider.d.ts",
+    "/v1/openapi.yaml",
+    "/v1/proxy/{upstream}/{path}",
+    "/v1/proxy/{upstream}",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

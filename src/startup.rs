@@ -247,10 +247,7 @@ impl Application {
             App::new()
                 .wrap(middleware::Front)
                 .app_data(public_broker.clone())
-                .configure(routes::token::configure(state.upstreams.keys().map(String::as_str)))
-                .configure(routes::client_js::configure)
-                .configure(routes::public_tokens::configure)
-                .configure(routes::proxy::configure)
+                .configure(routes::public(state.upstreams.keys().cloned().collect()))
                 // With the token routes' headers: a path next to them (a trailing slash, one
                 // more segment) is answered like they are.
                 .default_service(web::to(|| async { with_no_store(ApiError::NotFound.error_response()) }))

@@ -18,31 +18,31 @@ use crate::state::{AppState, Broker};
 use crate::tokens::ReplaceError;
 use crate::upstream::UpstreamError;
 
-/// The token routes. `upstreams` are the names configured when the app is built: each gets a
-/// route of its own, a fixed path that actix-web matches by comparing text, before the route
-/// with the `{upstream}` segment, which it matches with a regular expression (on a warm request,
-/// that cost about 4% of the broker's instructions). The latter serves the upstreams a reload
-/// adds; the name of one a reload removes finds no upstream, as on the general route.
+/// The token routes of the upstreams named when the app is built: each gets a route of its own,
+/// a fixed path that actix-web matches by comparing text. [`general`] serves the others.
+pub fn fixed(cfg: &mut web::ServiceConfig, upstreams: &[String]) {
+    for name in upstreams {
+        cfg.service(web::resource(format!("{PREFIX}{name}")).name(ROUTE).to(token));
+    }
+}
+
+/// The token routes with an `{upstream}` segment, which actix-web matches with a regular
+/// expression (on a warm request, that cost about 4% of the broker's instructions): they serve the
+/// upstreams a reload adds; the name of one a reload removes finds no upstream, as on a fixed route.
 ///
 /// The routes are the app's own, not a scope's, and put the no-store headers on their answers
 /// themselves: a scope and its middleware were two more layers for every request to pass.
-pub fn configure<'a>(upstreams: impl IntoIterator<Item = &'a str>) -> impl FnOnce(&mut web::ServiceConfig) {
-    let fixed: Vec<String> = upstreams.into_iter().map(|name| format!("{PREFIX}{name}")).collect();
-    move |cfg| {
-        for path in fixed {
-            cfg.service(web::resource(path).name(ROUTE).to(token));
-        }
-        cfg.service(
-            // One handler that looks at the method itself: actix-web's method guards record
-            // every guard they try in the request (an allocation and an extension each).
-            web::resource(ROUTE).name(ROUTE).to(token),
-        )
-        .service(
-            web::resource("/v1/token/{upstream}/refresh")
-                .name("/v1/token/{upstream}/refresh")
-                .default_service(web::to(refresh)),
-        );
-    }
+pub fn general(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        // One handler that looks at the method itself: actix-web's method guards record
+        // every guard they try in the request (an allocation and an extension each).
+        web::resource(ROUTE).name(ROUTE).to(token),
+    )
+    .service(
+        web::resource("/v1/token/{upstream}/refresh")
+            .name("/v1/token/{upstream}/refresh")
+            .default_service(web::to(refresh)),
+    );
 }
 
 const PREFIX: &str = "/v1/token/";

@@ -10,6 +10,21 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer};
 
+/// `toml` and an upstream `added` (with `extra` sections), which alice may use.
+fn with_added_upstream(toml: &str, token_url: &str, extra: &str) -> String {
+    format!(
+        "{toml}\n[upstreams.added]\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         client_secret = {{ env = \"TRIUMPH_SECRET\" }}\nscopes = [\"reports:read\"]\n\n{extra}\n\
+         [[grants]]\nauthenticators = [\"api_key\"]\nsubjects = [\"alice\"]\n\
+         upstreams = {{ added = [\"reports:read\"] }}\n"
+    )
+}
+
+async fn metrics_of(http: &reqwest::Client, broker: &BrokerProcess) -> String {
+    let response = http.get(format!("{}/metrics", broker.admin)).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 fn env_pairs() -> Vec<(&'static str, &'static str)> {
     vec![("TRIUMPH_SECRET", CLIENT_SECRET)]
 }
@@ -222,16 +237,7 @@ async fn an_upstream_a_reload_adds_serves_tokens_on_the_same_route_as_the_config
     let unknown = get("added").await.unwrap();
     assert_eq!(status(unknown), 404);
 
-    write(
-        dir.path(),
-        "broker.toml",
-        &format!(
-            "{toml}\n[upstreams.added]\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\n\
-             client_secret = {{ env = \"TRIUMPH_SECRET\" }}\nscopes = [\"reports:read\"]\n\n\
-             [[grants]]\nauthenticators = [\"api_key\"]\nsubjects = [\"alice\"]\n\
-             upstreams = {{ added = [\"reports:read\"] }}\n"
-        ),
-    );
+    write(dir.path(), "broker.toml", &with_added_upstream(&toml, &token_url, ""));
     broker.signal("HUP");
     broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
     let added = get("added").await.unwrap();
@@ -241,14 +247,7 @@ async fn an_upstream_a_reload_adds_serves_tokens_on_the_same_route_as_the_config
     assert_eq!(status(get("triumph").await.unwrap()), 200);
 
     // All of them count under the one route label.
-    let metrics = http
-        .get(format!("{}/metrics", broker.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&http, &broker).await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("token_broker_http_requests_total{route=\"/v1/token/{upstream}\",status=\"200\"}"))
@@ -302,4 +301,76 @@ async fn stderr_is_json_lines_with_an_audit_line_per_token_and_no_secrets_even_a
             assert!(!line.contains(canary), "a secret in: {line}");
         }
     }
+}
+
+/// Each upstream configured at start has proxy routes of its own (matched as text, a prefix);
+/// one a reload adds is served by the general route. Both answer alike and count under the
+/// same route labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_a_reload_adds_is_proxied_on_the_same_routes_as_the_configured_ones() {
+    let upstream = token_endpoint(IssueTokens::new(600)).await;
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("{}"))
+        .mount(&api)
+        .await;
+    let proxied = |name: &str| {
+        format!(
+            "[upstreams.{name}.proxy]\nurl = \"{}/v2\"\nmethods = [\"GET\"]\npaths = [\"/me\"]\n",
+            api.uri()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_url = format!("{}/token", upstream.uri());
+    let toml = format!("{}\n{}", config(&token_url, "client_secret_post"), proxied("triumph"));
+    let path = write(dir.path(), "broker.toml", &toml);
+    let broker = BrokerProcess::start(&path, &env_pairs());
+    let http = reqwest::Client::new();
+    let get = |rest: &str| {
+        http.get(format!("{}/v1/proxy/{rest}", broker.base))
+            .header("X-API-Key", ALICE_KEY)
+            .send()
+    };
+    let status = |response: reqwest::Response| response.status().as_u16();
+    assert_eq!(status(get("triumph/me").await.unwrap()), 200);
+    assert_eq!(
+        status(get("tri%75mph/me").await.unwrap()),
+        200,
+        "percent-encoded, as before"
+    );
+    assert_eq!(
+        status(get("triumph").await.unwrap()),
+        403,
+        "the root is a path like any other"
+    );
+    assert_eq!(
+        status(get("triumphant/me").await.unwrap()),
+        404,
+        "a prefix ends at a segment"
+    );
+    assert_eq!(status(get("added/me").await.unwrap()), 404);
+    assert_eq!(api.received_requests().await.unwrap().len(), 2);
+
+    write(
+        dir.path(),
+        "broker.toml",
+        &with_added_upstream(&toml, &token_url, &proxied("added")),
+    );
+    broker.signal("HUP");
+    broker.wait_for_log("configuration reloaded", Duration::from_secs(5));
+    assert_eq!(status(get("added/me").await.unwrap()), 200);
+    assert_eq!(status(get("added").await.unwrap()), 403);
+    assert_eq!(status(get("triumph/me").await.unwrap()), 200);
+    assert_eq!(api.received_requests().await.unwrap().len(), 4);
+
+    let metrics = metrics_of(&http, &broker).await;
+    let count = |prefix: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_default();
+        line.rsplit(' ').next().unwrap_or_default().to_string()
+    };
+    let path_route = r#"token_broker_http_requests_total{route="/v1/proxy/{upstream}/{path}""#;
+    let root_route = r#"token_broker_http_requests_total{route="/v1/proxy/{upstream}""#;
+    assert_eq!(count(&format!("{path_route},status=\"200\"}}")), "4", "{metrics}");
+    assert_eq!(count(&format!("{path_route},status=\"404\"}}")), "2", "{metrics}");
+    assert_eq!(count(&format!("{root_route},status=\"403\"}}")), "2", "{metrics}");
 }
