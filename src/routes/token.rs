@@ -9,7 +9,7 @@ use opentelemetry::trace::SpanKind;
 use serde::Deserialize;
 
 use crate::http::errors::ApiError;
-use crate::http::headers::{no_store_headers, with_no_store};
+use crate::http::headers::{put_no_store, with_no_store};
 use crate::http::observe::{state_of, RequestId};
 use crate::policy::Denied;
 use crate::routes::common::{authenticate, read_body};
@@ -189,7 +189,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     });
     let json = served.token.answer.body(served.expires_in.as_secs(), served.expires_at);
     let mut response = HttpResponse::Ok().body(json);
-    *response.headers_mut() = no_store_headers();
+    put_no_store(response.headers_mut());
     Ok(response)
 }
 
