@@ -42,7 +42,7 @@ impl super::recall::Lapses for Decided {
 }
 
 // Each worker thread's decisions, in front of the shared cache (see `super::recall`).
-super::recall::thread_recollection!(DECIDED: Decided);
+super::recall::thread_recollection!(DECIDED: [u8; 32], [u8; 32] => Decided);
 
 pub struct ForwardAuthenticator {
     settings: ForwardSettings,

@@ -27,7 +27,9 @@ const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 const VERIFIED_CACHE_MAX: Duration = Duration::from_secs(3600);
 
 // Each worker thread's verified tokens, in front of the shared cache (see `super::recall`).
-super::recall::thread_recollection!(VERIFIED: Verified);
+// Filed by the token itself, compared in full: its SHA-256, the shared cache's key, is worked out
+// only when this thread does not recall it (on a warm request it cost 0.3–0.6 µs).
+super::recall::thread_recollection!(VERIFIED: Box<[u8]>, [u8] => Verified);
 
 #[derive(Clone)]
 struct Verified {
@@ -102,12 +104,12 @@ impl JwtAuthenticator {
             return Outcome::NotMine;
         }
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hit = match recalled(self.owner, &digest) {
+        let digest = || -> [u8; 32] { Sha256::digest(token.as_bytes()).into() };
+        let hit = match recalled(self.owner, token.as_bytes()) {
             Some(hit) => Some(hit),
             None => {
-                let hit = self.verified.get(&digest).await;
-                hit.inspect(|hit| remember(self.owner, digest, hit.clone()))
+                let hit = self.verified.get(&digest()).await;
+                hit.inspect(|hit| remember(self.owner, token.as_bytes().into(), hit.clone()))
             }
         };
         if let Some(hit) = hit {
@@ -115,8 +117,8 @@ impl JwtAuthenticator {
             if self.clock.unix_now() <= hit.exp.saturating_add(leeway) {
                 return Outcome::Authenticated((*hit.identity).clone());
             }
-            forget(self.owner, &digest);
-            Box::pin(self.verified.invalidate(&digest)).await;
+            forget(self.owner, token.as_bytes());
+            Box::pin(self.verified.invalidate(&digest())).await;
         }
         match unverified_issuer(token) {
             Some(iss) if self.settings.accepted_issuers.contains(&iss) => {}
@@ -126,7 +128,7 @@ impl JwtAuthenticator {
         // gate, so a page's burst of first requests costs one failure's worth at most.
         // Boxed where it starts: the verification's state (a key fetch among it) would otherwise
         // be part of every request's future, and moved with it.
-        let verified = Box::pin(self.verified.try_get_with(digest, async {
+        let verified = Box::pin(self.verified.try_get_with(digest(), async {
             if !gate.admit() {
                 return Err(AuthError::Throttled);
             }

@@ -12,16 +12,25 @@
 //! for room drop nothing that is still valid. An entry is filed under the authenticator
 //! that made it, by a number no other authenticator of the process gets, so a configuration
 //! reload's new authenticator never answers from its predecessor's entries.
+//!
+//! An entry is found by the credential itself where that is cheap to keep (an id_token: its
+//! SHA-256, which the shared cache is keyed by, cost more than the rest of a warm request's
+//! authentication), compared in full, or by the credential's digest (a session's cookies).
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use foldhash::fast::FixedState;
+use foldhash::fast::RandomState;
+use hashbrown::{Equivalent, HashMap};
 
 /// Entries a thread keeps of one kind; past it, it forgets them all and starts again (the
 /// shared cache still has them).
 pub(super) const CAPACITY: usize = 4096;
+/// The bytes of credentials a thread keeps of one kind, past which it starts again too: 2 MiB
+/// holds about 2,000 id_tokens of a typical size.
+pub(super) const CAPACITY_BYTES: usize = 2 << 20;
 
 /// A number for an authenticator that no other authenticator of this process has had.
 pub(super) fn new_owner() -> u64 {
@@ -34,38 +43,70 @@ pub(super) trait Lapses {
     fn until(&self) -> Instant;
 }
 
-/// One thread's entries of one kind, by authenticator and the SHA-256 digest of the credential.
-/// The digests are not chosen by a caller, so a fixed hasher seed is enough.
-pub(super) struct Recollection<V> {
-    entries: HashMap<(u64, [u8; 32]), V, FixedState>,
+/// One thread's entries of one kind, by authenticator and credential (`K`, looked up as `Q`).
+/// Credentials are the caller's text, so the hasher's seed is chosen at random.
+pub(super) struct Recollection<K, V> {
+    entries: HashMap<(u64, K), V, RandomState>,
+    bytes: usize,
 }
 
-impl<V: Clone + Lapses> Recollection<V> {
-    pub(super) const fn new() -> Self {
+/// A lookup of `(owner, key)` by a borrowed key: hashes as the tuple does.
+struct Probe<'a, Q: ?Sized>(u64, &'a Q);
+
+impl<Q: ?Sized + Hash> Hash for Probe<'_, Q> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl<Q: ?Sized + Eq, K: Borrow<Q>> Equivalent<(u64, K)> for Probe<'_, Q> {
+    fn equivalent(&self, key: &(u64, K)) -> bool {
+        self.0 == key.0 && self.1 == key.1.borrow()
+    }
+}
+
+impl<K: Hash + Eq + AsRef<[u8]>, V: Clone + Lapses> Recollection<K, V> {
+    pub(super) fn new() -> Self {
         Self {
-            entries: HashMap::with_hasher(FixedState::with_seed(0)),
+            entries: HashMap::with_hasher(RandomState::default()),
+            bytes: 0,
         }
     }
 
     /// The entry, while its deadline is ahead of `now`; one past it is forgotten.
-    pub(super) fn get(&mut self, owner: u64, digest: &[u8; 32], now: Instant) -> Option<V> {
-        let value = self.entries.get(&(owner, *digest))?;
+    pub(super) fn get<Q>(&mut self, owner: u64, key: &Q, now: Instant) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
+        let value = self.entries.get(&Probe(owner, key))?;
         if value.until() > now {
             return Some(value.clone());
         }
-        self.forget(owner, digest);
+        self.forget(owner, key);
         None
     }
 
-    pub(super) fn keep(&mut self, owner: u64, digest: [u8; 32], value: V) {
-        if self.entries.len() >= CAPACITY {
+    pub(super) fn keep(&mut self, owner: u64, key: K, value: V) {
+        let bytes = key.as_ref().len();
+        if self.entries.len() >= CAPACITY || self.bytes + bytes > CAPACITY_BYTES {
             self.entries.clear();
+            self.bytes = 0;
         }
-        self.entries.insert((owner, digest), value);
+        if self.entries.insert((owner, key), value).is_none() {
+            self.bytes += bytes;
+        }
     }
 
-    pub(super) fn forget(&mut self, owner: u64, digest: &[u8; 32]) {
-        self.entries.remove(&(owner, *digest));
+    pub(super) fn forget<Q>(&mut self, owner: u64, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
+        if let Some(((_, key), _)) = self.entries.remove_entry(&Probe(owner, key)) {
+            self.bytes -= key.as_ref().len();
+        }
     }
 
     #[cfg(test)]
@@ -74,31 +115,32 @@ impl<V: Clone + Lapses> Recollection<V> {
     }
 }
 
-/// Declares a thread's recollection of `V` and the three ways to use it, none of which can panic
-/// (while the thread is being torn down, or should a use ever nest, they do nothing).
+/// Declares a thread's recollection of `V` by credentials kept as `K` and looked up as `Q`, and
+/// the three ways to use it, none of which can panic (while the thread is being torn down, or
+/// should a use ever nest, they do nothing).
 macro_rules! thread_recollection {
-    ($name:ident: $value:ty) => {
+    ($name:ident: $key:ty, $lookup:ty => $value:ty) => {
         thread_local! {
-            static $name: std::cell::RefCell<$crate::identity::recall::Recollection<$value>> =
-                const { std::cell::RefCell::new($crate::identity::recall::Recollection::new()) };
+            static $name: std::cell::RefCell<$crate::identity::recall::Recollection<$key, $value>> =
+                std::cell::RefCell::new($crate::identity::recall::Recollection::new());
         }
 
         /// The entry this thread holds, while it is within its deadline.
-        fn recalled(owner: u64, digest: &[u8; 32]) -> Option<$value> {
+        fn recalled(owner: u64, key: &$lookup) -> Option<$value> {
             $name
                 .try_with(|cell| {
                     cell.try_borrow_mut()
                         .ok()?
-                        .get(owner, digest, std::time::Instant::now())
+                        .get(owner, key, std::time::Instant::now())
                 })
                 .ok()
                 .flatten()
         }
 
-        fn remember(owner: u64, digest: [u8; 32], value: $value) {
+        fn remember(owner: u64, key: $key, value: $value) {
             let _ = $name.try_with(|cell| {
                 if let Ok(mut entries) = cell.try_borrow_mut() {
-                    entries.keep(owner, digest, value);
+                    entries.keep(owner, key, value);
                 }
             });
         }
@@ -106,10 +148,10 @@ macro_rules! thread_recollection {
         // Used by authenticators whose entries can also lapse otherwise (an id_token's exp by the
         // test clock); a decision lapses by its deadline alone.
         #[allow(dead_code)]
-        fn forget(owner: u64, digest: &[u8; 32]) {
+        fn forget(owner: u64, key: &$lookup) {
             let _ = $name.try_with(|cell| {
                 if let Ok(mut entries) = cell.try_borrow_mut() {
-                    entries.forget(owner, digest);
+                    entries.forget(owner, key);
                 }
             });
         }
@@ -149,6 +191,30 @@ mod tests {
         recollection.keep(one, [1; 32], alice);
         recollection.forget(one, &[1; 32]);
         assert_eq!(recollection.get(one, &[1; 32], now), None);
+    }
+
+    #[test]
+    fn a_credential_kept_whole_is_found_only_whole_and_its_bytes_are_bounded() {
+        let owner = new_owner();
+        let now = Instant::now();
+        let until = now + Duration::from_secs(10);
+        let mut recollection: Recollection<Box<[u8]>, Entry> = Recollection::new();
+        recollection.keep(owner, b"eyJ.a.b"[..].into(), Entry(1, until));
+        assert_eq!(recollection.get(owner, &b"eyJ.a.b"[..], now), Some(Entry(1, until)));
+        for other in [&b"eyJ.a."[..], b"eyJ.a.bc", b"eyJ.a.c", b""] {
+            assert_eq!(recollection.get(owner, other, now), None, "{other:?}");
+        }
+        // Each kept credential counts its bytes: the third megabyte does not fit beside two.
+        let large = |fill: u8| vec![fill; 1 << 20].into_boxed_slice();
+        recollection.keep(owner, large(1), Entry(2, until));
+        assert_eq!(recollection.len(), 2);
+        recollection.keep(owner, large(2), Entry(3, until));
+        assert_eq!(recollection.len(), 1, "cleared when the bytes would pass the bound");
+        assert_eq!(recollection.get(owner, &large(2)[..], now), Some(Entry(3, until)));
+        recollection.forget(owner, &large(2)[..]);
+        recollection.keep(owner, large(3), Entry(4, until));
+        recollection.keep(owner, large(4), Entry(5, until));
+        assert_eq!(recollection.len(), 2, "a forgotten credential's bytes count no more");
     }
 
     #[test]
