@@ -104,7 +104,11 @@ impl JwtAuthenticator {
             return Outcome::NotMine;
         }
         // A token this authenticator verified before is of its issuer: the hot path skips decoding.
-        let digest = || -> [u8; 32] { Sha256::digest(token.as_bytes()).into() };
+        // Worked out once, when first needed.
+        let mut digest = {
+            let mut known = None;
+            move || -> [u8; 32] { *known.get_or_insert_with(|| Sha256::digest(token.as_bytes()).into()) }
+        };
         let hit = match recalled(self.owner, token.as_bytes()) {
             Some(hit) => Some(hit),
             None => {

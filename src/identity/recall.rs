@@ -88,8 +88,13 @@ impl<K: Hash + Eq + AsRef<[u8]>, V: Clone + Lapses> Recollection<K, V> {
         None
     }
 
+    /// Keeps `value`, unless its credential alone is larger than the bound (the shared cache still
+    /// has it).
     pub(super) fn keep(&mut self, owner: u64, key: K, value: V) {
         let bytes = key.as_ref().len();
+        if bytes > CAPACITY_BYTES {
+            return;
+        }
         if self.entries.len() >= CAPACITY || self.bytes + bytes > CAPACITY_BYTES {
             self.entries.clear();
             self.bytes = 0;
@@ -215,6 +220,8 @@ mod tests {
         recollection.keep(owner, large(3), Entry(4, until));
         recollection.keep(owner, large(4), Entry(5, until));
         assert_eq!(recollection.len(), 2, "a forgotten credential's bytes count no more");
+        recollection.keep(owner, vec![5; CAPACITY_BYTES + 1].into_boxed_slice(), Entry(6, until));
+        assert_eq!(recollection.len(), 2, "a credential larger than the bound is not kept");
     }
 
     #[test]
