@@ -28,7 +28,7 @@ const VERIFIED_CACHE_MAX: Duration = Duration::from_secs(3600);
 
 // Each worker thread's verified tokens, in front of the shared cache (see `super::recall`).
 // Filed by the token itself, compared in full: its SHA-256, the shared cache's key, is worked out
-// only when this thread does not recall it (on a warm request it cost 0.3–0.6 µs).
+// only when this thread does not recall it (on a warm request it cost about 0.3 µs).
 super::recall::thread_recollection!(VERIFIED: Box<[u8]>, [u8] => Verified);
 
 #[derive(Clone)]
