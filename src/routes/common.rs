@@ -14,6 +14,18 @@ use crate::identity::{AuthError, Identity};
 use crate::policy::Denied;
 use crate::state::AppState;
 
+/// The upstream a route names: its `{upstream}` segment, or on a route of one upstream's own
+/// (a fixed path under `prefix`) the segment after the prefix, of the path as matched.
+pub fn upstream_name<'a>(req: &'a HttpRequest, prefix: &str) -> &'a str {
+    let path = req.match_info();
+    path.get("upstream")
+        .or_else(|| {
+            let rest = path.as_str().strip_prefix(prefix)?;
+            Some(rest.split_once('/').map_or(rest, |(name, _)| name))
+        })
+        .unwrap_or_default()
+}
+
 /// Authenticates the caller, then applies the checks every caller-facing route needs. An address
 /// that failed too often is refused first, before any authentication work; costly work reserves
 /// against that budget as it starts (see [`crate::http::auth_failures`]).

@@ -30,7 +30,7 @@ use crate::proxy::forward::ForwardError;
 use crate::proxy::forward::{connection_names, list_items, returned, Answer, Body, Caller};
 use crate::proxy::path::ProxyPath;
 use crate::proxy::websocket;
-use crate::routes::common::{authenticate_as, CrossSiteCheck};
+use crate::routes::common::{authenticate_as, upstream_name, CrossSiteCheck};
 use crate::state::Broker;
 use crate::tokens::CachedToken;
 use crate::upstream::Upstream;
@@ -87,18 +87,6 @@ impl HttpServiceFactory for UpstreamRoutes {
     }
 }
 
-/// The upstream a proxy route names: its `{upstream}` segment, or on an upstream's own routes
-/// the segment after the prefix (of the path as matched).
-fn upstream_name(req: &HttpRequest) -> &str {
-    let path = req.match_info();
-    path.get("upstream")
-        .or_else(|| {
-            let rest = path.as_str().strip_prefix(PREFIX)?;
-            Some(rest.split_once('/').map_or(rest, |(name, _)| name))
-        })
-        .unwrap_or_default()
-}
-
 async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
     let state = state_of(&req, &broker);
     let websocket = is_websocket_handshake(&req);
@@ -111,7 +99,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, broker: web::Data<Broker
     // and session calls, a token fetch) are boxed where they start, so this handler's future
     // stays small: actix moves it into a box of its own on every request.
     let identity = authenticate_as(&req, &state, check).await?;
-    let name = upstream_name(&req);
+    let name = upstream_name(&req, PREFIX);
     let upstream = state.upstreams.get(name).ok_or(ApiError::UnknownUpstream)?;
     let settings = upstream.settings.proxy.as_ref().ok_or(ApiError::UnknownUpstream)?;
     if !settings.methods.contains(req.method()) {

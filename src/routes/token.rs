@@ -12,7 +12,7 @@ use crate::http::errors::ApiError;
 use crate::http::headers::{put_no_store, with_no_store};
 use crate::http::observe::{state_of, RequestId};
 use crate::policy::Denied;
-use crate::routes::common::{authenticate, read_body};
+use crate::routes::common::{authenticate, read_body, upstream_name};
 use crate::scope::{parse_scope_param, ScopeSet};
 use crate::state::{AppState, Broker};
 use crate::tokens::ReplaceError;
@@ -48,15 +48,6 @@ pub fn general(cfg: &mut web::ServiceConfig) {
 const PREFIX: &str = "/v1/token/";
 /// The token route's pattern, and its name: the `route` label of its metric.
 const ROUTE: &str = "/v1/token/{upstream}";
-
-/// The upstream a token route names: its `{upstream}` segment, or on an upstream's own route
-/// the rest of the path (as matched, percent-decoding applied).
-fn upstream_name(req: &HttpRequest) -> &str {
-    let path = req.match_info();
-    path.get("upstream")
-        .or_else(|| path.as_str().strip_prefix(PREFIX))
-        .unwrap_or_default()
-}
 
 /// The `scope` parameter, from the query or a form/JSON body, and on the refresh route the
 /// `access_token` the API rejected; other fields are ignored.
@@ -128,7 +119,7 @@ async fn serve(req: &HttpRequest, requested: Requested, mode: Mode, broker: &Bro
     // Borrowed rather than extracted into a new String.
     let upstream = state
         .upstreams
-        .get(upstream_name(req))
+        .get(upstream_name(req, PREFIX))
         .ok_or(ApiError::UnknownUpstream)?;
     if !upstream.settings.expose_tokens {
         return Err(ApiError::AccessDenied(Denied::TokensNotExposed));
