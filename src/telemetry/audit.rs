@@ -52,14 +52,7 @@ impl TokenServed<'_> {
     }
 
     fn fields(&self, line: &mut String) {
-        line.push_str(",\"request_id\":");
-        push_json_string(line, self.request_id);
-        line.push_str(",\"authenticator\":");
-        push_json_string(line, self.authenticator);
-        line.push_str(",\"subject\":");
-        push_json_string(line, self.subject);
-        line.push_str(",\"upstream\":");
-        push_json_string(line, self.upstream);
+        who(line, self.request_id, self.authenticator, self.subject, self.upstream);
         line.push_str(",\"scopes\":");
         push_json_string(line, self.scopes);
         line.push_str(if self.cache_hit {
@@ -109,14 +102,7 @@ impl RequestProxied<'_> {
     }
 
     fn fields(&self, line: &mut String) {
-        line.push_str(",\"request_id\":");
-        push_json_string(line, self.request_id);
-        line.push_str(",\"authenticator\":");
-        push_json_string(line, self.authenticator);
-        line.push_str(",\"subject\":");
-        push_json_string(line, self.subject);
-        line.push_str(",\"upstream\":");
-        push_json_string(line, self.upstream);
+        who(line, self.request_id, self.authenticator, self.subject, self.upstream);
         line.push_str(",\"method\":");
         push_json_string(line, self.method);
         line.push_str(",\"path\":");
@@ -150,6 +136,18 @@ fn write_direct(json_line: impl FnOnce(&mut String, SystemTime)) -> bool {
         sink.write_line(line.as_bytes());
     });
     true
+}
+
+/// The fields both audit lines begin with: the request, who made it, and for which upstream.
+fn who(line: &mut String, request_id: &str, authenticator: &str, subject: &str, upstream: &str) {
+    line.push_str(",\"request_id\":");
+    push_json_string(line, request_id);
+    line.push_str(",\"authenticator\":");
+    push_json_string(line, authenticator);
+    line.push_str(",\"subject\":");
+    push_json_string(line, subject);
+    line.push_str(",\"upstream\":");
+    push_json_string(line, upstream);
 }
 
 #[cfg(test)]
