@@ -205,6 +205,17 @@ impl CachedToken {
         state.not_before = later(now, pause);
     }
 
+    /// How long a refresh ahead at `now` waits for its answer: a quarter of the served life left,
+    /// as the pause between tries, though never less than [`REFRESH_RETRY_FLOOR`] nor more than
+    /// the upstream's `timeout`. A try that hangs thus gives way to the next while the token is
+    /// still in service: waiting out the whole timeout could let an endpoint's healthy moment
+    /// pass unused, and the token lapse.
+    fn refresh_wait(&self, now: Instant, timeout: Duration) -> Duration {
+        (self.serve_until.saturating_duration_since(now) / 4)
+            .max(REFRESH_RETRY_FLOOR)
+            .min(timeout)
+    }
+
     /// Another replica is refreshing: look again shortly, without counting a failure.
     fn refresh_deferred(&self, now: Instant) {
         let mut state = self.refresh.lock();
@@ -432,14 +443,26 @@ impl TokenCache {
         (self.clock.now(), self.clock.unix_now_millis())
     }
 
-    /// Asks the upstream itself.
+    /// Asks the upstream itself, waiting up to its `timeout`.
     async fn fetch(
         &self,
         upstream: &Upstream,
         key: &CacheKey,
         purpose: Purpose,
     ) -> Result<Arc<CachedToken>, UpstreamError> {
-        let fetched = upstream.fetch(&key.scopes, purpose).await?;
+        self.fetch_within(upstream, key, purpose, upstream.settings.timeout)
+            .await
+    }
+
+    /// Asks the upstream itself, waiting up to `limit`.
+    async fn fetch_within(
+        &self,
+        upstream: &Upstream,
+        key: &CacheKey,
+        purpose: Purpose,
+        limit: Duration,
+    ) -> Result<Arc<CachedToken>, UpstreamError> {
+        let fetched = upstream.fetch(&key.scopes, purpose, limit).await?;
         let skew = Duration::from_millis(self.refresh_skew_ms.load(Ordering::Relaxed));
         Ok(Arc::new(CachedToken::new(fetched, &key.scopes, self.now(), skew)))
     }
@@ -550,7 +573,8 @@ impl TokenCache {
                     Lock::Unavailable => {}
                 }
             }
-            match cache.fetch(&upstream, &key, Purpose::Refresh).await {
+            let wait = current.refresh_wait(cache.clock.now(), upstream.settings.timeout);
+            match cache.fetch_within(&upstream, &key, Purpose::Refresh, wait).await {
                 Ok(fresh) => {
                     if let Some(shared) = cache.shared.as_deref() {
                         cache.publish(shared, &key, &fresh).await;

@@ -241,15 +241,22 @@ impl Upstream {
         self.credentials.contains(credential)
     }
 
-    /// A new token for `scopes`, unless the guard says the upstream must not be asked now.
-    pub async fn fetch(&self, scopes: &ScopeSet, purpose: Purpose) -> Result<FetchedToken, UpstreamError> {
+    /// A new token for `scopes`, unless the guard says the upstream must not be asked now. The
+    /// exchange, retries included, is bounded by `limit` (the upstream's `timeout`, or less for a
+    /// refresh ahead near the end of a token's served life); past it, it ends as a timeout.
+    pub async fn fetch(
+        &self,
+        scopes: &ScopeSet,
+        purpose: Purpose,
+        limit: Duration,
+    ) -> Result<FetchedToken, UpstreamError> {
         let probe = match self.admit(scopes, purpose) {
             Admission::Go { probe } => probe,
             Admission::Refuse(error) => return Err(error),
         };
         let attempts = if purpose == Purpose::Refresh { 1 } else { MAX_ATTEMPTS };
         let exchange = self.exchange_with_retries(scopes, attempts);
-        let result = match tokio::time::timeout(self.settings.timeout, exchange).await {
+        let result = match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
             Err(_) => {
                 // The attempt in flight was abandoned.

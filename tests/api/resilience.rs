@@ -224,8 +224,9 @@ async fn a_429_pauses_the_upstream_until_retry_after_has_passed() {
     assert_eq!(upstream_calls(&upstream).await, 1);
 }
 
-#[tokio::test]
-async fn refresh_ahead_answers_at_once_and_swaps_the_token_in_the_background() {
+/// A token endpoint whose first answer is token-1, for 100 s; the test mounts what comes next
+/// (at a lower priority).
+async fn issuing_one_token() -> MockServer {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(IssueTokens::new(100))
@@ -233,6 +234,12 @@ async fn refresh_ahead_answers_at_once_and_swaps_the_token_in_the_background() {
         .with_priority(1)
         .mount(&upstream)
         .await;
+    upstream
+}
+
+#[tokio::test]
+async fn refresh_ahead_answers_at_once_and_swaps_the_token_in_the_background() {
+    let upstream = issuing_one_token().await;
     // The refresh is slow, to show that nobody waits on it.
     Mock::given(method("POST"))
         .respond_with(
@@ -283,13 +290,7 @@ async fn refresh_ahead_answers_at_once_and_swaps_the_token_in_the_background() {
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(IssueTokens::new(100))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&upstream)
-        .await;
+    let upstream = issuing_one_token().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500))
         .mount(&upstream)
@@ -311,6 +312,61 @@ async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
     app.clock.advance(Duration::from_secs(2));
     let response = app.get_token(ALICE_KEY, "triumph", None).await;
     assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
+}
+
+/// A refresh ahead that hangs gives way to another try while the token is still in service: near
+/// the end of its served life a try waits a quarter of the life left, not the upstream's whole
+/// timeout, so a flapping endpoint's healthy moment is not spent waiting on a try that never
+/// answers (the soak benchmark lost tokens that way: a try made in the last moment of a slow
+/// phase held the refresh through the whole healthy phase after it).
+#[tokio::test]
+async fn a_hung_refresh_ahead_gives_way_to_another_try_before_the_token_lapses() {
+    let upstream = issuing_one_token().await;
+    let answer = |token: &str| {
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 100}))
+    };
+    // The first refresh would answer long after the upstream's timeout (1 s here).
+    Mock::given(method("POST"))
+        .respond_with(answer("never-seen").set_delay(Duration::from_secs(5)))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(answer("token-2"))
+        .with_priority(3)
+        .mount(&upstream)
+        .await;
+    let app = app_with(&upstream).await;
+    async fn token(app: &TestApp) -> Value {
+        app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap()
+    }
+    assert_eq!(token(&app).await["access_token"], "token-1");
+
+    // 100 s tokens are served for 75 s: 2 s are left, so the refresh ahead waits 0.5 s at most.
+    app.clock.advance(Duration::from_secs(73));
+    assert_eq!(token(&app).await["access_token"], "token-1");
+    wait_for_calls(&upstream, 2).await;
+    // Past that half second, and within the upstream's 1 s timeout.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Past the pause before the next try (again a quarter of the life left); the clock stands
+    // still from here, with 1.4 s of the token's served life left.
+    app.clock.advance(Duration::from_millis(600));
+    let mut latest = Value::Null;
+    for _ in 0..20 {
+        latest = token(&app).await;
+        if latest["access_token"] != "token-1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        latest["access_token"], "token-2",
+        "a second try renewed the token in time"
+    );
+    assert!(latest["expires_in"].as_u64().unwrap() > 60, "{latest}");
+    assert_eq!(upstream_calls(&upstream).await, 3, "the first fetch and two tries");
 }
 
 /// A token endpoint that issues tokens while `healthy` is set and answers 500 otherwise.
