@@ -178,19 +178,26 @@ impl Figures {
 
 /// Prints a markdown table of `runs` (one list of rounds per case, named by `names`): the medians,
 /// and each case's requests/s relative to case `reference` (a dash for the cases before it).
+///
+/// The last column compares CPU time per request the same way (the reference's over the case's):
+/// it moves less with the machine's moment than requests/s do, and shows how much of a ratio is
+/// the code and how much the moment.
 pub fn print_table(names: &[&str], runs: &[Vec<Figures>], reference: usize, against: &str, cpu_of: &str) {
-    println!("| case | requests/s | p50 | p99 | vs {against} | {cpu_of} CPU per request |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let reference_rps = Figures::median_of(&runs[reference]).rps;
+    println!("| case | requests/s | p50 | p99 | vs {against} | {cpu_of} CPU per request | CPU vs {against} |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let base = Figures::median_of(&runs[reference]);
     for (i, (name, rounds)) in names.iter().zip(runs).enumerate() {
         let f = Figures::median_of(rounds);
-        let ratio = if i < reference {
-            "—".to_string()
+        let (ratio, cpu_ratio) = if i < reference {
+            ("—".to_string(), "—".to_string())
         } else {
-            format!("{:.2}×", f.rps / reference_rps)
+            (
+                format!("{:.2}×", f.rps / base.rps),
+                format!("{:.2}×", base.cpu_us / f.cpu_us),
+            )
         };
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} | {:.1} µs |",
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} | {:.1} µs | {cpu_ratio} |",
             f.rps, f.p50_ms, f.p99_ms, f.cpu_us
         );
     }
