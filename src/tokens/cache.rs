@@ -206,14 +206,16 @@ impl CachedToken {
     }
 
     /// How long a refresh ahead at `now` waits for its answer: a quarter of the served life left,
-    /// as the pause between tries, though never less than [`REFRESH_RETRY_FLOOR`] nor more than
-    /// the upstream's `timeout`. A try that hangs thus gives way to the next while the token is
-    /// still in service: waiting out the whole timeout could let an endpoint's healthy moment
-    /// pass unused, and the token lapse.
-    fn refresh_wait(&self, now: Instant, timeout: Duration) -> Duration {
+    /// as the pause between tries, or twice what `upstream`'s last token took when that is
+    /// longer; never less than [`REFRESH_RETRY_FLOOR`] nor more than the upstream's `timeout`.
+    /// A try that hangs thus gives way to the next while the token is still in service (waiting
+    /// out the whole timeout could let an endpoint's healthy moment pass unused, and the token
+    /// lapse), and an endpoint that is slow but answering still has the time it takes.
+    fn refresh_wait(&self, now: Instant, upstream: &Upstream) -> Duration {
         (self.serve_until.saturating_duration_since(now) / 4)
+            .max(upstream.last_answer_time().saturating_mul(2))
             .max(REFRESH_RETRY_FLOOR)
-            .min(timeout)
+            .min(upstream.settings.timeout)
     }
 
     /// Another replica is refreshing: look again shortly, without counting a failure.
@@ -573,7 +575,7 @@ impl TokenCache {
                     Lock::Unavailable => {}
                 }
             }
-            let wait = current.refresh_wait(cache.clock.now(), upstream.settings.timeout);
+            let wait = current.refresh_wait(cache.clock.now(), &upstream);
             match cache.fetch_within(&upstream, &key, Purpose::Refresh, wait).await {
                 Ok(fresh) => {
                     if let Some(shared) = cache.shared.as_deref() {

@@ -11,7 +11,7 @@
 //! - an optional `max_tokens_per_hour` quota refuses fresh fetches past it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub struct Upstream {
     pub credentials: Vec<Fingerprint>,
     /// The credential tried first: the one that last worked.
     preferred: AtomicUsize,
+    /// How long the last exchange that ended in a token took, in microseconds (0 before any).
+    last_answer_micros: AtomicU64,
     /// Where token requests go (the issuer's metadata, when configured with one).
     pub endpoint: LiveEndpoint,
     /// The upstream's metric label, made once rather than on every request.
@@ -185,6 +187,7 @@ impl Upstream {
             token_settings: settings.token_fingerprint(),
             credentials: settings.credential_fingerprints(),
             preferred: AtomicUsize::new(0),
+            last_answer_micros: AtomicU64::new(0),
             endpoint: LiveEndpoint::new(&settings, client.http(), clock.clone()),
             proxy_metrics: metrics.proxy_metrics(&settings.name),
             settings,
@@ -256,6 +259,7 @@ impl Upstream {
         };
         let attempts = if purpose == Purpose::Refresh { 1 } else { MAX_ATTEMPTS };
         let exchange = self.exchange_with_retries(scopes, attempts);
+        let started = tokio::time::Instant::now();
         let result = match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
             Err(_) => {
@@ -264,8 +268,17 @@ impl Upstream {
                 Err(UpstreamError::Timeout)
             }
         };
+        if result.is_ok() {
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_answer_micros.store(took, Ordering::Relaxed);
+        }
         self.record(scopes, &result, probe, purpose);
         result
+    }
+
+    /// How long the last exchange that ended in a token took (zero before any).
+    pub fn last_answer_time(&self) -> Duration {
+        Duration::from_micros(self.last_answer_micros.load(Ordering::Relaxed))
     }
 
     fn probe_in_flight(&self, guard: &Guard, now: Instant) -> bool {

@@ -314,11 +314,11 @@ async fn a_failed_refresh_keeps_the_current_token_until_its_served_life_ends() {
     assert_eq!(status_and_error(response).await, (503, "upstream_unavailable".into()));
 }
 
-/// A refresh ahead that hangs gives way to another try while the token is still in service: near
-/// the end of its served life a try waits a quarter of the life left, not the upstream's whole
-/// timeout, so a flapping endpoint's healthy moment is not spent waiting on a try that never
-/// answers (the soak benchmark lost tokens that way: a try made in the last moment of a slow
-/// phase held the refresh through the whole healthy phase after it).
+/// A refresh ahead that hangs gives way to another try while the token is still in service: a
+/// try waits a quarter of the served life left (or twice what the last token took, if longer),
+/// not the upstream's whole timeout, so a flapping endpoint's healthy moment is not spent waiting
+/// on a try that never answers (the soak benchmark lost tokens that way: a try made at the very
+/// end of a slow phase held the refresh through the whole healthy phase after it).
 #[tokio::test]
 async fn a_hung_refresh_ahead_gives_way_to_another_try_before_the_token_lapses() {
     let upstream = issuing_one_token().await;
@@ -326,9 +326,9 @@ async fn a_hung_refresh_ahead_gives_way_to_another_try_before_the_token_lapses()
         ResponseTemplate::new(200)
             .set_body_json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 100}))
     };
-    // The first refresh would answer long after the upstream's timeout (1 s here).
+    // The first refresh would answer long after the upstream's timeout.
     Mock::given(method("POST"))
-        .respond_with(answer("never-seen").set_delay(Duration::from_secs(5)))
+        .respond_with(answer("never-seen").set_delay(Duration::from_secs(10)))
         .up_to_n_times(1)
         .with_priority(2)
         .mount(&upstream)
@@ -338,35 +338,64 @@ async fn a_hung_refresh_ahead_gives_way_to_another_try_before_the_token_lapses()
         .with_priority(3)
         .mount(&upstream)
         .await;
-    let app = app_with(&upstream).await;
-    async fn token(app: &TestApp) -> Value {
-        app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap()
-    }
-    assert_eq!(token(&app).await["access_token"], "token-1");
+    // The 2 s timeout: a try that waited it out would end when the token's served life does.
+    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    assert_eq!(token_of(&app).await["access_token"], "token-1");
 
-    // 100 s tokens are served for 75 s: 2 s are left, so the refresh ahead waits 0.5 s at most.
+    // 100 s tokens are served for 75 s: with 2 s left, a refresh ahead waits 0.5 s at most, and
+    // the next try may start 0.375 s after that.
     app.clock.advance(Duration::from_secs(73));
-    assert_eq!(token(&app).await["access_token"], "token-1");
-    wait_for_calls(&upstream, 2).await;
-    // Past that half second, and within the upstream's 1 s timeout.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    // Past the pause before the next try (again a quarter of the life left); the clock stands
-    // still from here, with 1.4 s of the token's served life left.
-    app.clock.advance(Duration::from_millis(600));
-    let mut latest = Value::Null;
-    for _ in 0..20 {
-        latest = token(&app).await;
-        if latest["access_token"] != "token-1" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let started = Instant::now();
+    assert_eq!(token_of(&app).await["access_token"], "token-1");
+    let latest = token_other_than_first(&app, started + Duration::from_millis(1600)).await;
     assert_eq!(
         latest["access_token"], "token-2",
         "a second try renewed the token in time"
     );
-    assert!(latest["expires_in"].as_u64().unwrap() > 60, "{latest}");
+    assert_eq!(misses(&app).await, 1.0, "renewed ahead, not fetched on a miss");
     assert_eq!(upstream_calls(&upstream).await, 3, "the first fetch and two tries");
+}
+
+/// An endpoint that is slow but answers keeps its refresh ahead: a try waits at least twice what
+/// the last token took, so it is not abandoned for being slower than a quarter of the life left.
+#[tokio::test]
+async fn a_slow_endpoint_that_answers_is_still_refreshed_ahead() {
+    let upstream = token_endpoint(IssueTokens::new(100).with_delay(Duration::from_millis(600))).await;
+    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    assert_eq!(token_of(&app).await["access_token"], "token-1");
+
+    // 2 s left: a quarter of it (0.5 s) is less than the 0.6 s a token takes.
+    app.clock.advance(Duration::from_secs(73));
+    let started = Instant::now();
+    assert_eq!(token_of(&app).await["access_token"], "token-1");
+    let latest = token_other_than_first(&app, started + Duration::from_millis(1800)).await;
+    assert_eq!(latest["access_token"], "token-2", "the refresh ahead was waited for");
+    assert_eq!(misses(&app).await, 1.0, "renewed ahead, not fetched on a miss");
+    assert_eq!(upstream_calls(&upstream).await, 2, "no try abandoned");
+}
+
+async fn token_of(app: &TestApp) -> Value {
+    app.get_token(ALICE_KEY, "triumph", None).await.json().await.unwrap()
+}
+
+/// Asks until the answer is no longer token-1, or `deadline` (real time) has passed.
+async fn token_other_than_first(app: &TestApp, deadline: Instant) -> Value {
+    loop {
+        let latest = token_of(app).await;
+        if latest["access_token"] != "token-1" || Instant::now() >= deadline {
+            return latest;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker's count of answers that had to fetch a token (`token_broker_cache_misses_total`).
+async fn misses(app: &TestApp) -> f64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(r#"token_broker_cache_misses_total{upstream="triumph"} "#))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no cache miss count in:\n{text}"))
 }
 
 /// A token endpoint that issues tokens while `healthy` is set and answers 500 otherwise.
