@@ -7,9 +7,13 @@ use futures_util::future::{join_all, BoxFuture};
 use futures_util::FutureExt;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use parking_lot::Mutex;
+use secrecy::ExposeSecret;
+
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::scope::Scope;
+use crate::tokens::store::StoredToken;
 use crate::upstream::TokenClient;
 
 /// Issues `token-1`, `token-2`, … living `expires_in` seconds.

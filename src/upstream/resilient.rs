@@ -51,7 +51,7 @@ pub struct Upstream {
     pub credentials: Vec<Fingerprint>,
     /// The credential tried first: the one that last worked.
     preferred: AtomicUsize,
-    /// How long the last exchange that ended in a token took, in microseconds (0 before any).
+    /// How long the last request answered with a token took, in microseconds (0 before any).
     last_answer_micros: AtomicU64,
     /// Where token requests go (the issuer's metadata, when configured with one).
     pub endpoint: LiveEndpoint,
@@ -259,7 +259,6 @@ impl Upstream {
         };
         let attempts = if purpose == Purpose::Refresh { 1 } else { MAX_ATTEMPTS };
         let exchange = self.exchange_with_retries(scopes, attempts);
-        let started = tokio::time::Instant::now();
         let result = match tokio::time::timeout(limit, exchange).await {
             Ok(result) => result,
             Err(_) => {
@@ -268,15 +267,12 @@ impl Upstream {
                 Err(UpstreamError::Timeout)
             }
         };
-        if result.is_ok() {
-            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.last_answer_micros.store(took, Ordering::Relaxed);
-        }
         self.record(scopes, &result, probe, purpose);
         result
     }
 
-    /// How long the last exchange that ended in a token took (zero before any).
+    /// How long the last request that was answered with a token took, its own time only (not
+    /// the failed attempts and pauses of its exchange before it); zero before any.
     pub fn last_answer_time(&self) -> Duration {
         Duration::from_micros(self.last_answer_micros.load(Ordering::Relaxed))
     }
@@ -469,9 +465,13 @@ impl Upstream {
             attempt += 1;
             let started = Instant::now();
             let result = self.client.fetch(&self.settings, &target, credential, scopes).await;
+            let took = started.elapsed();
             let outcome = result.as_ref().map_or_else(UpstreamError::outcome, |_| "success");
-            self.metrics
-                .upstream_request(self.name(), outcome, Some(started.elapsed()));
+            self.metrics.upstream_request(self.name(), outcome, Some(took));
+            if result.is_ok() {
+                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                self.last_answer_micros.store(micros, Ordering::Relaxed);
+            }
             match &result {
                 Err(UpstreamError::Unreachable(_) | UpstreamError::ServerError { .. }) if attempt < attempts => {
                     let pause = rand::rng().random_range(Duration::ZERO..=retry_ceiling(attempt));

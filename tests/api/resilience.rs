@@ -338,16 +338,18 @@ async fn a_hung_refresh_ahead_gives_way_to_another_try_before_the_token_lapses()
         .with_priority(3)
         .mount(&upstream)
         .await;
-    // The 2 s timeout: a try that waited it out would end when the token's served life does.
-    let app = TestApp::spawn(&config(&format!("{}/token", upstream.uri()), "client_secret_post")).await;
+    // A 4 s timeout: a try that waited it out would still be waiting when the token lapses.
+    let config = config(&format!("{}/token", upstream.uri()), "client_secret_post");
+    let app = TestApp::spawn(&config.replace("timeout = \"2s\"", "timeout = \"4s\"")).await;
     assert_eq!(token_of(&app).await["access_token"], "token-1");
 
-    // 100 s tokens are served for 75 s: with 2 s left, a refresh ahead waits 0.5 s at most, and
-    // the next try may start 0.375 s after that.
-    app.clock.advance(Duration::from_secs(73));
+    // 100 s tokens are served for 75 s: with 3 s left, a refresh ahead waits 0.75 s (unless the
+    // first token took over half of that), and the next try may start about 0.56 s after.
+    app.clock.advance(Duration::from_secs(72));
     let started = Instant::now();
     assert_eq!(token_of(&app).await["access_token"], "token-1");
-    let latest = token_other_than_first(&app, started + Duration::from_millis(1600)).await;
+    // Before the token lapses (3 s), when a miss would fetch token-2 too.
+    let latest = token_other_than_first(&app, started + Duration::from_millis(2800)).await;
     assert_eq!(
         latest["access_token"], "token-2",
         "a second try renewed the token in time"
