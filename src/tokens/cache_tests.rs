@@ -1,7 +1,7 @@
 //! The cache on a manual clock, against a stand-in token endpoint and an in-memory shared tier.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::FutureExt;
@@ -153,7 +153,7 @@ async fn once_most_of_its_life_has_passed_a_token_is_refreshed_in_the_background
 #[derive(Default)]
 struct MemoryStore {
     entries: Mutex<HashMap<CacheKey, StoredToken>>,
-    lock_held_by_another: bool,
+    lock_held_by_another: AtomicBool,
     writes: AtomicUsize,
 }
 
@@ -175,7 +175,7 @@ impl SharedStore for MemoryStore {
     }
 
     fn lock<'a>(&'a self, _key: &'a CacheKey, _ttl: Duration) -> BoxFuture<'a, Lock> {
-        let lock = if self.lock_held_by_another {
+        let lock = if self.lock_held_by_another.load(Ordering::SeqCst) {
             Lock::Held
         } else {
             Lock::Acquired("me".into())
@@ -184,7 +184,7 @@ impl SharedStore for MemoryStore {
     }
 
     fn is_locked<'a>(&'a self, _key: &'a CacheKey) -> BoxFuture<'a, Option<bool>> {
-        let held = self.lock_held_by_another;
+        let held = self.lock_held_by_another.load(Ordering::SeqCst);
         async move { Some(held) }.boxed()
     }
 
@@ -279,7 +279,7 @@ async fn a_token_fetched_here_is_published_for_the_other_replicas() {
 #[tokio::test]
 async fn a_lock_held_elsewhere_is_waited_for_at_most_the_upstream_timeout() {
     let store = Arc::new(MemoryStore {
-        lock_held_by_another: true,
+        lock_held_by_another: AtomicBool::new(true),
         ..Default::default()
     });
     let f = fixture(3600, Some(store)).await;
@@ -291,6 +291,38 @@ async fn a_lock_held_elsewhere_is_waited_for_at_most_the_upstream_timeout() {
         "{waited:?}"
     );
     assert_eq!(f.fetches(), 1);
+}
+
+/// A replica that finds another holding the refresh lock looks again after a quarter of the
+/// served life left (from 250 ms), not a fixed second: near the end of a short life the other
+/// replica may have failed, and the token's last moments are this replica's to use.
+#[tokio::test]
+async fn a_refresh_left_to_another_replica_is_tried_again_before_the_token_lapses() {
+    let store = Arc::new(MemoryStore::default());
+    // 100 s tokens are served for 75 s.
+    let f = fixture(100, Some(store.clone())).await;
+    assert_eq!(f.token().await.0, "token-1");
+    // 1 s of served life left: the refresh ahead is due, and another replica holds the lock.
+    store.lock_held_by_another.store(true, Ordering::SeqCst);
+    f.clock.advance(Duration::from_secs(74));
+    let started = std::time::Instant::now();
+    assert_eq!(f.token().await, ("token-1".to_string(), true));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // That replica gave up; after the pause (a quarter of the life left), this one refreshes.
+    store.lock_held_by_another.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::from_millis(300));
+    let mut latest = f.token().await;
+    // Before the token lapses (1 s after `started`), when a miss would fetch token-2 too.
+    while latest.0 == "token-1" && started.elapsed() < Duration::from_millis(600) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        latest = f.token().await;
+    }
+    assert_eq!(
+        latest,
+        ("token-2".to_string(), true),
+        "refreshed ahead, not fetched on a miss"
+    );
+    assert_eq!(f.fetches(), 2);
 }
 
 /// A thread recalls the warm tokens it served, in front of moka: every change to the entries

@@ -201,11 +201,15 @@ impl CachedToken {
             .min(upstream.settings.timeout)
     }
 
-    /// Another replica is refreshing: look again shortly, without counting a failure.
+    /// Another replica is refreshing: look again without counting a failure, after a second or
+    /// a quarter of the served life left, whichever is sooner (nor sooner than
+    /// [`REFRESH_RETRY_FLOOR`]): should that replica fail, this one still has tries left.
     pub(super) fn refresh_deferred(&self, now: Instant) {
         let mut state = self.refresh.lock();
         state.in_flight = false;
-        state.not_before = later(now, REFRESH_RETRY_BASE);
+        let left = self.serve_until.saturating_duration_since(now);
+        let pause = REFRESH_RETRY_BASE.min(left / 4).max(REFRESH_RETRY_FLOOR);
+        state.not_before = later(now, pause);
     }
 
     pub(super) fn is(&self, token: &str) -> bool {
