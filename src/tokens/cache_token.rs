@@ -178,11 +178,10 @@ impl CachedToken {
         let mut state = self.refresh.lock();
         state.in_flight = false;
         state.failures += 1;
-        let left = self.serve_until.saturating_duration_since(now);
         let pause = REFRESH_RETRY_BASE
             .saturating_mul(1 << (state.failures - 1).min(16))
             .min(REFRESH_RETRY_CAP)
-            .min(left / 4)
+            .min(self.quarter_left(now))
             .max(REFRESH_RETRY_FLOOR);
         state.not_before = later(now, pause);
     }
@@ -195,7 +194,7 @@ impl CachedToken {
     /// out the whole timeout could let an endpoint's healthy moment pass unused, and the token
     /// lapse), and an endpoint that is slow but answering still has the time it takes.
     pub(super) fn refresh_wait(&self, now: Instant, upstream: &Upstream) -> Duration {
-        (self.serve_until.saturating_duration_since(now) / 4)
+        self.quarter_left(now)
             .max(upstream.last_answer_time().saturating_mul(2))
             .max(REFRESH_RETRY_FLOOR)
             .min(upstream.settings.timeout)
@@ -207,9 +206,14 @@ impl CachedToken {
     pub(super) fn refresh_deferred(&self, now: Instant) {
         let mut state = self.refresh.lock();
         state.in_flight = false;
-        let left = self.serve_until.saturating_duration_since(now);
-        let pause = REFRESH_RETRY_BASE.min(left / 4).max(REFRESH_RETRY_FLOOR);
+        let pause = REFRESH_RETRY_BASE.min(self.quarter_left(now)).max(REFRESH_RETRY_FLOOR);
         state.not_before = later(now, pause);
+    }
+
+    /// A quarter of the served life left at `now`: the unit the refresh ahead is paced by, so
+    /// that a few more tries fit before the token runs out.
+    fn quarter_left(&self, now: Instant) -> Duration {
+        self.serve_until.saturating_duration_since(now) / 4
     }
 
     pub(super) fn is(&self, token: &str) -> bool {

@@ -12,15 +12,6 @@ async fn app_with(extra_server_settings: &str) -> (TestApp, MockServer) {
     (TestApp::spawn(&toml).await, upstream)
 }
 
-/// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
 /// The series alerts read: the circuit (0 while closed, 1 once open), the hourly quota (fetches
 /// counted against `max_tokens_per_hour`, and the limit), and readiness.
 #[tokio::test]

@@ -177,6 +177,15 @@ impl Respond for IssueTokens {
 }
 
 /// A mock token endpoint answering every POST with `responder` (usually [`IssueTokens`]).
+/// The value of the sample whose line starts with `series` (name and labels).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
 pub async fn token_endpoint(responder: impl Respond + 'static) -> wiremock::MockServer {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
